@@ -1,0 +1,248 @@
+"""Settings: one object, built once in ``main`` and passed down; never read at import time.
+
+Sources, highest priority first: explicit keyword arguments, ``CHIMP_*`` environment variables,
+a TOML file (``--config`` or ``CHIMP_CONFIG``), defaults. The database URL may instead come from
+the facility's ISPyB credentials ini named by ``ISPYB_CREDENTIALS`` (section
+``[ispyb_sqlalchemy]``), which is turned into a ``mysql+mysqldb://`` URL.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from chimp_worker.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///chimp-worker.sqlite"
+ISPYB_CREDENTIALS_SECTION = "ispyb_sqlalchemy"
+_SECRET_FIELDS = ("database_url", "amqp_url", "image_url_template")
+
+
+class Settings(BaseSettings):
+    """Everything a worker process needs to know; see ``chimp-worker config show``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHIMP_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    # --- database ---------------------------------------------------------------------------
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL of ISPyB (mysql+mysqldb://...) or an SQLite file",
+    )
+    ispyb_credentials: Path | None = Field(
+        None, description="ini file with an [ispyb_sqlalchemy] section; overrides database_url"
+    )
+    database_connect_args: dict[str, Any] = Field(
+        default_factory=dict, description="extra DBAPI connect args, e.g. TLS: {ssl: {ca: ...}}"
+    )
+    database_retry_attempts: int = Field(5, ge=1, le=50)
+
+    # --- broker -----------------------------------------------------------------------------
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    amqp_heartbeat_s: int = Field(10, ge=1, le=600)
+    amqp_blocked_timeout_s: float = Field(60.0, gt=0)
+    events_queue: str = "chimp.inspection-completed"
+    work_queue: str = "chimp.work"
+    results_exchange: str = "chimp.results"
+    results_routing_key: str = "inspection.results-ready"
+    prefetch: int = Field(1, ge=1, le=100)
+    images_per_work_item: int = Field(
+        8, ge=1, le=288, description="images per work message; keeps each ack well under a minute"
+    )
+    inspection_visibility_retries: int = Field(5, ge=0, le=100)
+    grace_period_s: float = Field(120.0, gt=0, description="SIGTERM: time to finish the message")
+
+    # --- models -----------------------------------------------------------------------------
+    analyser: Literal["auto", "chimp", "baseline"] = Field(
+        "auto", description="auto: CHiMP models when model files are set, else the baseline"
+    )
+    classifier_path: Path | None = None
+    vmxi_detector_path: Path | None = None
+    xchem_detector_path: Path | None = None
+    classifier_input_size: int = Field(512, ge=32, le=2048)
+    score_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    mask_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    clahe_clip_limit: float = Field(2.0, gt=0.0, le=40.0)
+    dispense_margin_px: float = Field(0.0, ge=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 is opt-in, never default")
+    torch_threads: int = Field(0, ge=0, le=256, description="0: one per available core")
+    batch_size: int = Field(4, ge=1, le=64)
+
+    # --- images -----------------------------------------------------------------------------
+    image_roots: list[Path] = Field(
+        default_factory=list, description="images may only be read under these directories"
+    )
+    image_path_map: dict[str, str] = Field(
+        default_factory=dict, description="prefix rewrites for imageFullPath, e.g. {/dls: /mnt}"
+    )
+    image_url_template: str | None = Field(
+        None, description="fetch over HTTP(S) instead, e.g. https://imgs/{imageFullPath}"
+    )
+    image_timeout_s: float = Field(30.0, gt=0)
+    image_fetch_retries: int = Field(3, ge=0, le=20)
+    image_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    image_max_pixels: int = Field(40_000_000, ge=1024)
+
+    # --- process ----------------------------------------------------------------------------
+    concurrency: int = Field(1, ge=1, le=64, description="work items processed at once")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics; 0 disables")
+    liveness_file: Path | None = Field(None, description="touched by the I/O loop while healthy")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = os.environ.get("CHIMP_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @field_validator("image_url_template")
+    @classmethod
+    def _template_names_the_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "{imageFullPath}" not in value and "{blSampleImageId}" not in value:
+            raise ValueError("must contain {imageFullPath} or {blSampleImageId}")
+        if urlsplit(value.split("{", 1)[0]).scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("amqp", "amqps"):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials_file_wins(self) -> Settings:
+        if self.ispyb_credentials is not None:
+            url = database_url_from_credentials(self.ispyb_credentials)
+            object.__setattr__(self, "database_url", url)
+        if not self.database_url.startswith(("sqlite", "mysql", "mariadb", "postgresql")):
+            raise ValueError(
+                "database_url: expected an SQLAlchemy URL such as "
+                "mysql+mysqldb://user:pass@host/ispyb or sqlite:///file.sqlite"
+            )
+        return self
+
+    @property
+    def has_model_files(self) -> bool:
+        return any((self.classifier_path, self.vmxi_detector_path, self.xchem_detector_path))
+
+    @property
+    def effective_analyser(self) -> Literal["chimp", "baseline"]:
+        if self.analyser == "auto":
+            return "chimp" if self.has_model_files else "baseline"
+        return self.analyser
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, with every password replaced by ``***``."""
+        data = self.model_dump(mode="json")
+        for name in _SECRET_FIELDS:
+            if data.get(name):
+                data[name] = mask_url(data[name])
+        if data.get("database_connect_args"):
+            data["database_connect_args"] = _mask_mapping(data["database_connect_args"])
+        return data
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL with ``***`` (keeps user, host, path)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def _mask_mapping(data: dict[str, Any]) -> dict[str, Any]:
+    masked: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            masked[key] = _mask_mapping(value)
+        elif any(word in key.lower() for word in ("pass", "secret", "key", "token")):
+            masked[key] = "***"
+        else:
+            masked[key] = value
+    return masked
+
+
+def database_url_from_credentials(path: Path) -> str:
+    """Build ``mysql+mysqldb://`` from the facility's ``[ispyb_sqlalchemy]`` ini file."""
+    if not path.is_file():
+        raise ValueError(f"ispyb_credentials: file {path} does not exist")
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    if ISPYB_CREDENTIALS_SECTION not in parser:
+        raise ValueError(f"ispyb_credentials: {path} has no [{ISPYB_CREDENTIALS_SECTION}] section")
+    section = parser[ISPYB_CREDENTIALS_SECTION]
+    missing = [k for k in ("username", "password", "host", "database") if k not in section]
+    if missing:
+        raise ValueError(f"ispyb_credentials: {path} lacks {', '.join(missing)}")
+    port = section.get("port", "3306")
+    if not port.isdigit():
+        raise ValueError(f"ispyb_credentials: port in {path} must be a number, got {port!r}")
+    user = quote(section["username"], safe="")
+    password = quote(section["password"], safe="")
+    return f"mysql+mysqldb://{user}:{password}@{section['host']}:{port}/{section['database']}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate settings; any problem becomes one ``ConfigError`` naming the setting."""
+    previous = os.environ.get("CHIMP_CONFIG")
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file: {config_file} does not exist")
+        os.environ["CHIMP_CONFIG"] = str(config_file)
+    if "ispyb_credentials" not in overrides and os.environ.get("ISPYB_CREDENTIALS"):
+        overrides["ispyb_credentials"] = Path(os.environ["ISPYB_CREDENTIALS"])
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except (OSError, ValueError) as exc:  # unreadable or unparsable TOML file
+        raise ConfigError(f"config file: {exc}") from None
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop("CHIMP_CONFIG", None)
+            else:
+                os.environ["CHIMP_CONFIG"] = previous
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per bad setting: its env var name, what was expected, what was given."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        env = f"CHIMP_{field.upper()}" if error["loc"] else ""
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) or field in _SECRET_FIELDS else f" (got {given!r})"
+        message = error["msg"].removeprefix("Value error, ")
+        name = f"{field} [{env}]" if env else field
+        lines.append(f"invalid setting {name}: {message}{shown}")
+    return "; ".join(lines)

@@ -1,0 +1,128 @@
+"""One error hierarchy for the whole worker.
+
+The consumer decides what to do with a message from the branch alone:
+``TransientError`` -> retry, then requeue; ``PermanentError`` -> dead-letter with the reason.
+Foreign errors (pika, SQLAlchemy, Pillow, requests) are translated where they enter.
+Every error carries a short machine-readable ``reason`` (used in dead-letter headers, the
+worker's failure rows and metrics labels) and a human message.
+"""
+
+from __future__ import annotations
+
+
+class ChimpError(Exception):
+    """Root of every error chimp-worker raises on purpose."""
+
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class TransientError(ChimpError):
+    """Worth retrying: the same input may succeed later (database outage, lock, timeout)."""
+
+    reason = "transient"
+
+
+class PermanentError(ChimpError):
+    """Retrying cannot help: the input itself is wrong."""
+
+    reason = "permanent"
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+class ConfigError(PermanentError):
+    """A setting is missing or has the wrong form; names the setting and what was expected."""
+
+    reason = "bad_config"
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+class EventError(PermanentError):
+    """A message body that is not a valid event (not JSON, wrong types, unknown version)."""
+
+    reason = "malformed_event"
+
+
+class UnknownInspectionError(PermanentError):
+    """The event names a ContainerInspection that does not exist (after bounded retries)."""
+
+    reason = "unknown_inspection"
+
+
+class InspectionNotVisibleError(TransientError):
+    """The inspection's rows are not visible yet (the imager may not have committed)."""
+
+    reason = "inspection_not_visible"
+
+
+# --- database ------------------------------------------------------------------------------
+
+
+class DatabaseUnavailableError(TransientError):
+    """Lost connection, deadlock, lock-wait timeout: retry the whole unit of work."""
+
+    reason = "database_unavailable"
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+class ImageError(PermanentError):
+    """An image that cannot be used; recorded as a failed image, the plate goes on."""
+
+    reason = "image_error"
+
+
+class ImageMissingError(ImageError):
+    reason = "image_missing"
+
+
+class ImageCorruptError(ImageError):
+    reason = "image_corrupt"
+
+
+class ImageTruncatedError(ImageError):
+    reason = "image_truncated"
+
+
+class ImageTooLargeError(ImageError):
+    reason = "image_too_large"
+
+
+class ImageUnsupportedError(ImageError):
+    reason = "image_unsupported"
+
+
+class ImageTimeoutError(ImageError):
+    reason = "image_timeout"
+
+
+class ImageOutsideRootsError(ImageError):
+    reason = "image_outside_roots"
+
+
+class ImageFetchError(ImageError):
+    """HTTP fetch failed for a reason that is neither 404 nor a timeout (after retries)."""
+
+    reason = "image_fetch_failed"
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+class ModelFileError(PermanentError):
+    """A model file that is missing, truncated, of the wrong kind or the wrong shape."""
+
+    reason = "bad_model_file"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's test command: sets itself up, then lint + the whole suite against SQLite,
+# a fresh MariaDB database per test, the local RabbitMQ and headless Chromium.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/venv.sh
+bash scripts/ensure-services.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+mkdir -p test-artifacts
+exec .venv/bin/python -m pytest "$@"
