@@ -126,3 +126,13 @@ class ModelFileError(PermanentError):
     """A model file that is missing, truncated, of the wrong kind or the wrong shape."""
 
     reason = "bad_model_file"
+
+
+# --- evaluation and training ---------------------------------------------------------------
+
+
+class DatasetError(PermanentError):
+    """A labelled data set (CSV, COCO JSON, label map) that cannot be used as given; names the
+    file, the row or image, and what was expected."""
+
+    reason = "bad_dataset"
