@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     )
     inspection_visibility_retries: int = Field(5, ge=0, le=100)
     grace_period_s: float = Field(120.0, gt=0, description="SIGTERM: time to finish the message")
+    queue_arguments: Literal["declare", "policy"] = Field(
+        "declare",
+        description="declare: quorum queues carry delivery limit and dead-lettering as "
+        "arguments; policy: only x-queue-type, the rest from a broker policy (README)",
+    )
+    delivery_limit: int = Field(5, ge=1, le=1000, description="redeliveries before the DLQ")
+    results_queue: str = Field(
+        "chimp.results-ready", description="bound to results_exchange; empty: declare none"
+    )
+    retry_initial_wait_s: float = Field(0.5, ge=0, description="first back-off of any retry")
+    retry_max_wait_s: float = Field(15.0, ge=0, description="longest back-off of any retry")
+    publish_timeout_s: float = Field(30.0, gt=0, description="wait for a publisher confirm")
+    amqp_tls_ca_file: Path | None = Field(None, description="CA bundle for amqps://")
+    amqp_tls_cert_file: Path | None = Field(None, description="client certificate for amqps://")
+    amqp_tls_key_file: Path | None = Field(None, description="client key for amqps://")
 
     # --- models -----------------------------------------------------------------------------
     analyser: Literal["auto", "chimp", "baseline"] = Field(
@@ -100,6 +115,9 @@ class Settings(BaseSettings):
     concurrency: int = Field(1, ge=1, le=64, description="work items processed at once")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics; 0 disables")
     liveness_file: Path | None = Field(None, description="touched by the I/O loop while healthy")
+    liveness_timeout_s: float = Field(
+        60.0, gt=0, description="/healthz fails when the I/O loop is silent this long"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

@@ -67,6 +67,33 @@ class InspectionNotVisibleError(TransientError):
     reason = "inspection_not_visible"
 
 
+# --- broker --------------------------------------------------------------------------------
+
+
+class BrokerUnavailableError(TransientError):
+    """RabbitMQ cannot be reached, closed the connection, or refused (nacked) a publish."""
+
+    reason = "broker_unavailable"
+
+
+class UnroutableMessageError(PermanentError):
+    """A ``mandatory`` publish reached no queue: the exchange has no matching binding."""
+
+    reason = "unroutable"
+
+
+class TopologyMismatchError(ConfigError):
+    """A queue exists with other arguments than this worker declares (broker error 406)."""
+
+    reason = "topology_mismatch"
+
+
+class AnalysisError(PermanentError):
+    """The analyser raised for one image alone (after the batch was retried image by image)."""
+
+    reason = "analysis_failed"
+
+
 # --- database ------------------------------------------------------------------------------
 
 
