@@ -75,6 +75,24 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def ispyb_url(database_url: str) -> str:
+    """``database_url`` with the ISPyB core subset and the worker's tables created and seeded."""
+    from chimp_worker.ispyb.schema import create_all
+
+    create_all(database_url)
+    return database_url
+
+
+@pytest.fixture
+def ispyb_sqlite_url(sqlite_url: str) -> str:
+    """An SQLite file with the full schema and seed rows (for tests that need no MariaDB)."""
+    from chimp_worker.ispyb.schema import create_all
+
+    create_all(sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
 def amqp_url() -> str:
     require_service("RabbitMQ", AMQP_HOST, AMQP_PORT)
     return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/%2F"

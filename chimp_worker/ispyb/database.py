@@ -1,0 +1,124 @@
+"""Engines, sessions and the translation of database errors into the worker's hierarchy.
+
+One place decides how the worker talks to ISPyB: SQLite gets foreign keys, a busy timeout and
+``BEGIN IMMEDIATE`` (so two writers queue instead of dead-locking on a lock upgrade); MariaDB
+gets pre-ping, recycled connections and READ COMMITTED (short transactions, fewer gap locks).
+Transient failures become ``DatabaseUnavailableError`` so the consumer retries the unit of work.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from chimp_worker.errors import DatabaseUnavailableError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+MYSQL_POOL_RECYCLE_S = 1800
+
+# MariaDB/MySQL client and server error codes that mean "try the same thing again later".
+TRANSIENT_MYSQL_CODES: Mapping[int, str] = {
+    1205: "lock wait timeout",
+    1213: "deadlock",
+    2002: "cannot connect (socket)",
+    2003: "cannot connect",
+    2006: "server has gone away",
+    2013: "lost connection during query",
+    1040: "too many connections",
+    1927: "connection killed",
+    4031: "disconnected by the server (idle)",
+}
+TRANSIENT_SQLITE_MESSAGES = ("database is locked", "database table is locked", "disk i/o error")
+
+
+def make_engine(url: str, connect_args: Mapping[str, Any] | None = None) -> Engine:
+    """An Engine for ISPyB or an SQLite file, configured for short, retryable transactions."""
+    parsed = make_url(url)
+    args = dict(connect_args or {})
+    if parsed.get_backend_name() == "sqlite":
+        args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+        engine = create_engine(url, connect_args=args, pool_pre_ping=True)
+        _configure_sqlite(engine, in_memory=parsed.database in (None, "", ":memory:"))
+        return engine
+    return create_engine(
+        url,
+        connect_args=args,
+        pool_pre_ping=True,
+        pool_recycle=MYSQL_POOL_RECYCLE_S,
+        isolation_level="READ COMMITTED",
+    )
+
+
+def _configure_sqlite(engine: Engine, *, in_memory: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        # Let SQLAlchemy (below) decide where transactions begin, not the sqlite3 module.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock up front: a second writer waits (busy_timeout) instead
+        # of failing at once on a read-to-write upgrade, which SQLite cannot wait out.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded values after commit (results are read after the write)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for errors where retrying the same unit of work may succeed."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, exc.DisconnectionError | exc.TimeoutError):
+        return True
+    original = getattr(error, "orig", None) or error
+    args = getattr(original, "args", ())
+    if args and isinstance(args[0], int) and args[0] in TRANSIENT_MYSQL_CODES:
+        return True
+    message = str(original).lower()
+    return isinstance(original, sqlite3.OperationalError) and any(
+        text in message for text in TRANSIENT_SQLITE_MESSAGES
+    )
+
+
+def describe(error: BaseException) -> str:
+    """A one-line description of a database error, without SQL or parameters."""
+    original = getattr(error, "orig", None) or error
+    args = getattr(original, "args", ())
+    if args and isinstance(args[0], int):
+        meaning = TRANSIENT_MYSQL_CODES.get(args[0])
+        detail = str(args[1]) if len(args) > 1 else ""
+        return f"MariaDB error {args[0]}{f' ({meaning})' if meaning else ''}: {detail}".strip()
+    return f"{type(original).__name__}: {original}"
+
+
+@contextmanager
+def translate_db_errors() -> Iterator[None]:
+    """Turn transient database failures into ``DatabaseUnavailableError``; others pass through."""
+    try:
+        yield
+    except (exc.SQLAlchemyError, sqlite3.Error) as error:
+        if is_transient(error):
+            raise DatabaseUnavailableError(describe(error)) from error
+        raise
+
+
+@contextmanager
+def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One short transaction: commit on success, roll back on error, errors translated."""
+    with translate_db_errors(), session_factory() as session, session.begin():
+        yield session
