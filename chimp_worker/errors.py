@@ -103,6 +103,24 @@ class DatabaseUnavailableError(TransientError):
     reason = "database_unavailable"
 
 
+class UnknownImageError(PermanentError):
+    """A result or failure for a BLSampleImage row that does not exist."""
+
+    reason = "unknown_image"
+
+
+class MissingScoreClassError(PermanentError):
+    """The auto-score schema or one of its classes is not in ISPyB (run ``db upgrade``)."""
+
+    reason = "missing_score_class"
+
+
+class DatabaseSchemaError(PermanentError):
+    """The database's schema cannot be created or upgraded as asked (e.g. core on real ISPyB)."""
+
+    reason = "database_schema"
+
+
 # --- images --------------------------------------------------------------------------------
 
 
