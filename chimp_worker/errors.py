@@ -121,6 +121,15 @@ class DatabaseSchemaError(PermanentError):
     reason = "database_schema"
 
 
+# --- staff queries -------------------------------------------------------------------------
+
+
+class NotFoundError(PermanentError):
+    """A plate barcode, inspection or image named on the command line is not in the database."""
+
+    reason = "not_found"
+
+
 # --- images --------------------------------------------------------------------------------
 
 
