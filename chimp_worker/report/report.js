@@ -1,0 +1,54 @@
+// Plate overview behaviour: the inspection selector switches the schematic; the URL hash
+// (#drop-<inspection>-<location>) opens a drop view, so a link can point at one drop.
+(function () {
+  "use strict";
+  var select = document.getElementById("inspection-select");
+  var sections = document.querySelectorAll("section.inspection");
+  var views = document.querySelectorAll("article.drop-view");
+  var hint = document.getElementById("drop-hint");
+
+  function showInspection(id) {
+    sections.forEach(function (section) {
+      section.hidden = section.dataset.inspectionId !== String(id);
+    });
+    if (select) select.value = String(id);
+  }
+
+  function currentView() {
+    var id = window.location.hash.slice(1);
+    return id ? document.getElementById(id) : null;
+  }
+
+  function showDrop() {
+    var view = currentView();
+    if (view && !view.classList.contains("drop-view")) view = null;
+    views.forEach(function (article) { article.hidden = article !== view; });
+    if (hint) hint.hidden = view !== null;
+    document.querySelectorAll("svg.plate .drop.selected").forEach(function (rect) {
+      rect.classList.remove("selected");
+    });
+    if (!view) return;
+    showInspection(view.dataset.inspectionId);
+    var rect = document.querySelector(
+      "#inspection-" + view.dataset.inspectionId + " .drop[data-location=\"" +
+      view.dataset.location + "\"]");
+    if (rect) rect.classList.add("selected");
+  }
+
+  if (select) {
+    select.addEventListener("change", function () {
+      var view = currentView();
+      showInspection(select.value);
+      if (view && view.classList.contains("drop-view")) {
+        var next = "drop-" + select.value + "-" + view.dataset.location;
+        if (document.getElementById(next)) {
+          window.location.hash = next;
+        } else {
+          window.location.hash = "";
+        }
+      }
+    });
+  }
+  window.addEventListener("hashchange", showDrop);
+  showDrop();
+})();
