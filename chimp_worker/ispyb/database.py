@@ -61,8 +61,7 @@ def _configure_sqlite(engine: Engine, *, in_memory: bool) -> None:
         # Let SQLAlchemy (below) decide where transactions begin, not the sqlite3 module.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")  # the busy timeout comes from connect "timeout"
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()

@@ -1,0 +1,202 @@
+"""Which images of an inspection exist, which still need work, and completing it exactly once.
+
+Completion is decided by the database, not by any worker's memory: when every BLSampleImage of
+the inspection has a ``done`` or ``failed`` row, a conditional ``UPDATE ... WHERE state =
+'pending'`` flips ``chimp_inspection`` to done. Racing workers may all see the last image
+finished, but the row lock lets exactly one UPDATE match, so exactly one caller gets True and
+publishes the results-ready event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from chimp_worker.errors import InspectionNotVisibleError
+from chimp_worker.ispyb import tables as t
+from chimp_worker.ispyb.database import transaction
+from chimp_worker.ispyb.worker_tables import ChimpImageModel, ChimpImageResult, ChimpInspection
+from chimp_worker.ispyb.writer import utcnow
+
+
+@dataclass(frozen=True)
+class InspectionImage:
+    """One drop image of an inspection, with what fetching and geometry need."""
+
+    blSampleImageId: int
+    blSampleId: int
+    imageFullPath: str | None
+    micronsPerPixelX: float | None
+    micronsPerPixelY: float | None
+    location: str | None  # BLSample.location: the drop's linear index on the plate
+
+
+def _require_inspection(session: Session, inspection_id: int) -> None:
+    found = session.scalar(
+        select(t.ContainerInspection.containerInspectionId).where(
+            t.ContainerInspection.containerInspectionId == inspection_id
+        )
+    )
+    if found is None:
+        raise InspectionNotVisibleError(
+            f"ContainerInspection {inspection_id} is not visible (yet) in the database"
+        )
+
+
+def inspection_images(
+    session_factory: sessionmaker[Session], inspection_id: int
+) -> list[InspectionImage]:
+    """Every BLSampleImage of the inspection, by id; raises when the inspection is not there."""
+    with transaction(session_factory) as session:
+        _require_inspection(session, inspection_id)
+        rows = session.execute(
+            select(
+                t.BLSampleImage.blSampleImageId,
+                t.BLSampleImage.blSampleId,
+                t.BLSampleImage.imageFullPath,
+                t.BLSampleImage.micronsPerPixelX,
+                t.BLSampleImage.micronsPerPixelY,
+                t.BLSample.location,
+            )
+            .join(t.BLSample, t.BLSample.blSampleId == t.BLSampleImage.blSampleId)
+            .where(t.BLSampleImage.containerInspectionId == inspection_id)
+            .order_by(t.BLSampleImage.blSampleImageId)
+        ).all()
+    return [InspectionImage(*row) for row in rows]
+
+
+def images_needing_work(
+    session_factory: sessionmaker[Session],
+    inspection_id: int,
+    model_checksums: set[str] | None = None,
+    *,
+    include_failed: bool = True,
+) -> list[int]:
+    """Image ids of the inspection without a done result (or failed, unless excluded).
+
+    With ``model_checksums``, a done result whose model files (by sha256) are not exactly that
+    set needs work too: that is how a model upgrade is replayed.
+    """
+    with transaction(session_factory) as session:
+        _require_inspection(session, inspection_id)
+        rows = session.execute(
+            select(t.BLSampleImage.blSampleImageId, ChimpImageResult.state)
+            .outerjoin(
+                ChimpImageResult,
+                ChimpImageResult.blSampleImageId == t.BLSampleImage.blSampleImageId,
+            )
+            .where(t.BLSampleImage.containerInspectionId == inspection_id)
+            .order_by(t.BLSampleImage.blSampleImageId)
+        ).all()
+        checksums: dict[int, set[str]] = {}
+        if model_checksums is not None:
+            for image_id, sha in session.execute(
+                select(ChimpImageModel.blSampleImageId, ChimpImageModel.sha256)
+                .join(
+                    t.BLSampleImage,
+                    t.BLSampleImage.blSampleImageId == ChimpImageModel.blSampleImageId,
+                )
+                .where(t.BLSampleImage.containerInspectionId == inspection_id)
+            ):
+                checksums.setdefault(image_id, set()).add(sha)
+    needed = []
+    for image_id, state in rows:
+        if state == "done":
+            if model_checksums is not None and checksums.get(image_id, set()) != model_checksums:
+                needed.append(image_id)
+        elif state != "failed" or include_failed:
+            needed.append(image_id)
+    return needed
+
+
+def mark_images_pending(
+    session_factory: sessionmaker[Session], inspection_id: int, image_ids: Iterable[int]
+) -> int:
+    """Record images as pending (planned, not yet processed); existing rows are left alone."""
+    wanted = set(image_ids)
+    now = utcnow()
+    with transaction(session_factory) as session:
+        present = set(
+            session.scalars(
+                select(ChimpImageResult.blSampleImageId).where(
+                    ChimpImageResult.blSampleImageId.in_(wanted)
+                )
+            )
+        )
+        for image_id in sorted(wanted - present):
+            session.add(
+                ChimpImageResult(
+                    blSampleImageId=image_id,
+                    containerInspectionId=inspection_id,
+                    state="pending",
+                    attempts=0,
+                    createdAt=now,
+                    updatedAt=now,
+                )
+            )
+    return len(wanted - present)
+
+
+def _ensure_inspection_row(session_factory: sessionmaker[Session], inspection_id: int) -> None:
+    try:
+        with transaction(session_factory) as session:
+            if session.get(ChimpInspection, inspection_id) is None:
+                session.add(
+                    ChimpInspection(
+                        containerInspectionId=inspection_id, state="pending", createdAt=utcnow()
+                    )
+                )
+    except IntegrityError:
+        pass  # another worker inserted it first: exactly what we wanted
+
+
+def try_complete_inspection(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
+    """Mark the inspection done if every image is done or failed; True only for the winner."""
+    _ensure_inspection_row(session_factory, inspection_id)
+    with transaction(session_factory) as session:
+        total, done, failed = session.execute(
+            select(
+                func.count(t.BLSampleImage.blSampleImageId),
+                func.coalesce(func.sum(case((ChimpImageResult.state == "done", 1), else_=0)), 0),
+                func.coalesce(func.sum(case((ChimpImageResult.state == "failed", 1), else_=0)), 0),
+            )
+            .select_from(t.BLSampleImage)
+            .outerjoin(
+                ChimpImageResult,
+                ChimpImageResult.blSampleImageId == t.BLSampleImage.blSampleImageId,
+            )
+            .where(t.BLSampleImage.containerInspectionId == inspection_id)
+        ).one()
+        if total == 0 or done + failed < total:
+            return False
+        result = session.execute(
+            update(ChimpInspection)
+            .where(ChimpInspection.containerInspectionId == inspection_id)
+            .where(ChimpInspection.state == "pending")
+            .values(
+                state="done",
+                imageCount=total,
+                doneCount=done,
+                failedCount=failed,
+                completedAt=utcnow(),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def reopen_inspection(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
+    """Set a done inspection back to pending (a replay), so its completion fires once more."""
+    with transaction(session_factory) as session:
+        result = session.execute(
+            update(ChimpInspection)
+            .where(ChimpInspection.containerInspectionId == inspection_id)
+            .where(ChimpInspection.state == "done")
+            .values(state="pending", completedAt=None)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1

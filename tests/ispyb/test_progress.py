@@ -1,0 +1,110 @@
+"""Inspection images, what still needs work, and completion exactly once under a race."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from helpers.ispyb_rows import CLASSIFIER, Plate, add_plate, make_analysis
+from sqlalchemy.orm import Session, sessionmaker
+
+from chimp_worker.analysis import ModelRef
+from chimp_worker.errors import InspectionNotVisibleError
+from chimp_worker.ispyb.progress import (
+    InspectionImage,
+    images_needing_work,
+    inspection_images,
+    mark_images_pending,
+    reopen_inspection,
+    try_complete_inspection,
+)
+from chimp_worker.ispyb.worker_tables import ChimpInspection
+from chimp_worker.ispyb.writer import record_image_failure, write_image_result
+
+
+def test_inspection_images_lists_the_drops(factory: sessionmaker[Session], plate: Plate) -> None:
+    other = add_plate(factory, barcode="OTHER-1", drops=2)
+    images = inspection_images(factory, plate.inspectionId)
+    assert [i.blSampleImageId for i in images] == list(plate.imageIds)
+    assert images[2] == InspectionImage(
+        blSampleImageId=plate.imageIds[2],
+        blSampleId=plate.sampleIds[2],
+        imageFullPath=f"/dls/imaging/{plate.containerId}/3.jpg",
+        micronsPerPixelX=2.5,
+        micronsPerPixelY=2.5,
+        location="3",
+    )
+    assert len(inspection_images(factory, other.inspectionId)) == 2
+
+
+def test_missing_inspection_is_not_visible(factory: sessionmaker[Session]) -> None:
+    with pytest.raises(InspectionNotVisibleError, match="ContainerInspection 4242"):
+        inspection_images(factory, 4242)
+    with pytest.raises(InspectionNotVisibleError):
+        images_needing_work(factory, 4242)
+
+
+def test_images_needing_work(factory: sessionmaker[Session], plate: Plate) -> None:
+    a, b, c, d = plate.imageIds
+    assert images_needing_work(factory, plate.inspectionId) == [a, b, c, d]
+    assert mark_images_pending(factory, plate.inspectionId, [a, b, c, d]) == 4
+    write_image_result(factory, a, make_analysis())
+    write_image_result(factory, b, make_analysis(models=(CLASSIFIER,)))
+    record_image_failure(factory, c, "image_corrupt", "bad JPEG", "chimp")
+    assert mark_images_pending(factory, plate.inspectionId, [a, b, c, d]) == 0
+    assert images_needing_work(factory, plate.inspectionId) == [c, d]
+    assert images_needing_work(factory, plate.inspectionId, include_failed=False) == [d]
+    # The models in use are the classifier and detector: b was done with the classifier only.
+    current = {"a" * 64, "b" * 64}
+    assert images_needing_work(factory, plate.inspectionId, current) == [b, c, d]
+    upgraded = ModelRef("classifier", "convnext_tiny", "c" * 64)
+    write_image_result(factory, a, make_analysis(models=(upgraded,)))
+    assert images_needing_work(factory, plate.inspectionId, {"c" * 64}) == [b, c, d]
+
+
+def test_completion_waits_for_every_image_then_fires_once(
+    factory: sessionmaker[Session], plate: Plate
+) -> None:
+    *first, last = plate.imageIds
+    for image_id in first:
+        write_image_result(factory, image_id, make_analysis())
+    assert not try_complete_inspection(factory, plate.inspectionId)
+    record_image_failure(factory, last, "image_missing", "gone", "chimp")
+    assert try_complete_inspection(factory, plate.inspectionId)
+    assert not try_complete_inspection(factory, plate.inspectionId)
+    with factory() as session:
+        row = session.get(ChimpInspection, plate.inspectionId)
+        assert row is not None
+        assert (row.state, row.imageCount, row.doneCount, row.failedCount) == ("done", 4, 3, 1)
+        assert row.completedAt is not None
+    assert reopen_inspection(factory, plate.inspectionId)
+    assert try_complete_inspection(factory, plate.inspectionId)
+
+
+def test_inspection_without_images_never_completes(factory: sessionmaker[Session]) -> None:
+    empty = add_plate(factory, barcode="EMPTY", drops=0)
+    assert not try_complete_inspection(factory, empty.inspectionId)
+
+
+def test_racing_workers_complete_exactly_once(factory: sessionmaker[Session], plate: Plate) -> None:
+    for image_id in plate.imageIds:
+        write_image_result(factory, image_id, make_analysis())
+    racers = 6
+    barrier = threading.Barrier(racers)
+    wins: list[bool] = []
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        try:
+            barrier.wait(timeout=10)
+            wins.append(try_complete_inspection(factory, plate.inspectionId))
+        except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert sorted(wins) == [False] * (racers - 1) + [True]
