@@ -346,8 +346,8 @@ def plate_inspections(
         InspectionSummary(
             containerInspectionId=int(row["containerInspectionId"]),
             state=row["state"],
-            completed=row["completedTimeStamp"],
-            imaged=row["blTimeStamp"],
+            completed=as_datetime(row["completedTimeStamp"]),
+            imaged=as_datetime(row["blTimeStamp"]),
             inspection_type=row["inspectionType"],
             images=int(row["images"] or 0),
             done=int(row["done"] or 0),
@@ -397,6 +397,13 @@ def _pick_schema(
             return name, scores[name]
     name = sorted(scores)[0]
     return name, scores[name]
+
+
+def as_datetime(value: Any) -> dt.datetime | None:
+    """DATETIME columns from a text() query: MariaDB gives datetimes, SQLite gives strings."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
 
 
 def _location(value: str | None) -> int | None:

@@ -1,0 +1,444 @@
+"""Replay a backlog: find Completed inspections whose images still need work and do it.
+
+An image needs work when it has no result yet ("unprocessed"), its last attempt failed
+("failed"), or its result came from other model files than the ones configured now
+("model changed", compared by sha256). Nothing about a replay is kept in memory between runs:
+each run recomputes the backlog from the database, so a replay stopped by Ctrl-C or a crash
+simply finishes the rest when started again, and the idempotent writer makes redoing an image
+harmless. That also makes it safe while daemons run: whoever writes an image second finds the
+same result and changes nothing.
+
+Two ways to do the work: publish ``WorkItem`` messages (with publisher confirms) for the running
+daemons, or process here with the daemon's own ``Pipeline``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from chimp_worker.errors import ConfigError
+from chimp_worker.ispyb.database import translate_db_errors
+from chimp_worker.ispyb.queries import as_datetime
+from chimp_worker.log import get_logger
+
+if TYPE_CHECKING:
+    from chimp_worker.config import Settings
+    from chimp_worker.pipeline import ImageProgress, Pipeline
+
+log = get_logger(__name__)
+
+UNPROCESSED = "unprocessed"
+FAILED = "failed"
+MODEL_CHANGED = "model changed"
+REASONS = (UNPROCESSED, FAILED, MODEL_CHANGED)
+
+_VISIT = re.compile(r"^([A-Za-z]+)(\d+)-(\d+)$")
+_IN_CHUNK = 500
+
+# Completed inspections with their plate and visit; filters are appended as AND clauses.
+INSPECTIONS_SQL = """
+SELECT ci.containerInspectionId, ci.containerId, c.barcode,
+       COALESCE(ci.completedTimeStamp, ci.blTimeStamp) AS completed,
+       p.proposalCode, p.proposalNumber, bs.visit_number
+FROM ContainerInspection ci
+JOIN Container c ON c.containerId = ci.containerId
+LEFT JOIN BLSession bs ON bs.sessionId = c.sessionId
+LEFT JOIN Proposal p ON p.proposalId = bs.proposalId
+WHERE ci.state = 'Completed'
+"""
+
+IMAGES_SQL = """
+SELECT si.containerInspectionId, si.blSampleImageId, r.state, r.failureReason
+FROM BLSampleImage si
+LEFT JOIN chimp_image_result r ON r.blSampleImageId = si.blSampleImageId
+WHERE si.containerInspectionId IN :inspectionIds
+"""
+
+MODELS_SQL = """
+SELECT m.blSampleImageId, m.sha256
+FROM chimp_image_model m
+JOIN BLSampleImage si ON si.blSampleImageId = m.blSampleImageId
+WHERE si.containerInspectionId IN :inspectionIds
+"""
+
+
+@dataclass(frozen=True)
+class ReplayFilters:
+    """Which inspections and which kinds of work a replay covers (all kinds by default)."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    barcode: str | None = None
+    inspection_ids: tuple[int, ...] = ()
+    visit: str | None = None
+    failed_only: bool = False
+    model_changed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.since and self.until and self.since > self.until:
+            raise ConfigError(f"--since {self.since} is after --until {self.until}")
+        if self.visit is not None and not _VISIT.match(self.visit):
+            raise ConfigError(f"--visit: expected a visit such as mx12345-6, got {self.visit!r}")
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The kinds of work asked for: --failed-only and --model-changed narrow (and combine)."""
+        if not self.failed_only and not self.model_changed:
+            return REASONS
+        chosen = []
+        if self.failed_only:
+            chosen.append(FAILED)
+        if self.model_changed:
+            chosen.append(MODEL_CHANGED)
+        return tuple(chosen)
+
+
+@dataclass(frozen=True)
+class BacklogInspection:
+    """One inspection with work to do, image ids grouped by why they need it."""
+
+    containerInspectionId: int
+    containerId: int
+    barcode: str | None
+    visit: str | None
+    completed: dt.datetime | None
+    image_count: int
+    work: Mapping[str, tuple[int, ...]]  # reason -> image ids (only the reasons asked for)
+    failure_reasons: Mapping[str, int] = field(default_factory=dict)  # of the failed images
+
+    @property
+    def image_ids(self) -> tuple[int, ...]:
+        return tuple(sorted({i for ids in self.work.values() for i in ids}))
+
+    @property
+    def up_to_date(self) -> int:
+        return self.image_count - len(self.image_ids)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    inspections: tuple[BacklogInspection, ...]
+    matched: int  # Completed inspections that passed the filters (with work or not)
+    images_matched: int  # their images
+    model_checksums: frozenset[str] | None
+    not_completed: tuple[int, ...] = ()  # --inspection ids that are no Completed inspection
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(i.image_ids) for i in self.inspections)
+
+    def count(self, reason: str) -> int:
+        return sum(len(i.work.get(reason, ())) for i in self.inspections)
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did; printed at the end, also after Ctrl-C."""
+
+    mode: str
+    inspections: int = 0
+    images_planned: int = 0
+    processed: int = 0  # results written (new or changed)
+    unchanged: int = 0  # identical result already stored
+    failed: Counter[str] = field(default_factory=Counter)  # reason -> images
+    skipped: int = 0  # matched but needing no work (up to date, or done meanwhile)
+    published: int = 0  # work items confirmed by the broker
+    completed_inspections: int = 0
+    interrupted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "inspections": self.inspections,
+            "images_planned": self.images_planned,
+            "processed": self.processed,
+            "unchanged": self.unchanged,
+            "failed": dict(sorted(self.failed.items())),
+            "skipped": self.skipped,
+            "published": self.published,
+            "completed_inspections": self.completed_inspections,
+            "interrupted": self.interrupted,
+        }
+
+
+# --- model checksums -------------------------------------------------------------------------
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ConfigError(f"model file {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def current_model_checksums(settings: Settings) -> frozenset[str]:
+    """sha256 of the model files the configured analyser would use, without loading torch.
+
+    CHiMP results carry the sha256 of each configured weight file (the same streaming hash as
+    ``models.checkpoints.file_sha256``); the baseline names its own version.
+    """
+    if settings.effective_analyser == "chimp":
+        paths = [
+            p
+            for p in (
+                settings.classifier_path,
+                settings.vmxi_detector_path,
+                settings.xchem_detector_path,
+            )
+            if p is not None
+        ]
+        return frozenset(_file_sha256(Path(p)) for p in paths)
+    from chimp_worker.baseline import BaselineAnalyser
+
+    return frozenset(model.sha256 for model in BaselineAnalyser(settings).models)
+
+
+# --- finding the backlog ---------------------------------------------------------------------
+
+
+def _visit_of(row: Mapping[str, Any]) -> str | None:
+    if not row["proposalCode"] or not row["proposalNumber"]:
+        return None
+    number = row["visit_number"]
+    return f"{row['proposalCode']}{row['proposalNumber']}" + (
+        f"-{number}" if number is not None else ""
+    )
+
+
+def _inspection_rows(session: Session, filters: ReplayFilters) -> list[Mapping[str, Any]]:
+    sql = INSPECTIONS_SQL
+    params: dict[str, Any] = {}
+    completed = "COALESCE(ci.completedTimeStamp, ci.blTimeStamp)"
+    if filters.since is not None:
+        sql += f" AND {completed} >= :since"
+        params["since"] = filters.since
+    if filters.until is not None:
+        sql += f" AND {completed} < :until"
+        params["until"] = filters.until
+    if filters.barcode is not None:
+        sql += " AND c.barcode = :barcode"
+        params["barcode"] = filters.barcode
+    if filters.visit is not None:
+        match = _VISIT.match(filters.visit)
+        assert match is not None  # checked in ReplayFilters
+        sql += (
+            " AND p.proposalCode = :proposalCode AND p.proposalNumber = :proposalNumber"
+            " AND bs.visit_number = :visitNumber"
+        )
+        params.update(
+            proposalCode=match.group(1),
+            proposalNumber=match.group(2),
+            visitNumber=int(match.group(3)),
+        )
+    statement = text(sql + " ORDER BY completed, ci.containerInspectionId")
+    if filters.inspection_ids:
+        statement = text(
+            sql
+            + " AND ci.containerInspectionId IN :inspectionIds"
+            + " ORDER BY completed, ci.containerInspectionId"
+        ).bindparams(bindparam("inspectionIds", expanding=True))
+        params["inspectionIds"] = list(filters.inspection_ids)
+    return list(session.execute(statement, params).mappings().all())
+
+
+def _per_inspection(
+    session: Session, sql: str, inspection_ids: Sequence[int]
+) -> list[Mapping[str, Any]]:
+    statement = text(sql).bindparams(bindparam("inspectionIds", expanding=True))
+    rows: list[Mapping[str, Any]] = []
+    for start in range(0, len(inspection_ids), _IN_CHUNK):
+        chunk = list(inspection_ids[start : start + _IN_CHUNK])
+        rows.extend(session.execute(statement, {"inspectionIds": chunk}).mappings().all())
+    return rows
+
+
+def classify_image(
+    state: str | None, checksums: frozenset[str], current: frozenset[str] | None
+) -> str | None:
+    """Why an image needs work (a REASONS value), or None when it is up to date.
+
+    A 'pending' row is an image planned but never finished: as unprocessed as no row at all.
+    """
+    if state == "done":
+        if current is not None and checksums != current:
+            return MODEL_CHANGED
+        return None
+    if state == "failed":
+        return FAILED
+    return UNPROCESSED
+
+
+def find_backlog(
+    session_factory: sessionmaker[Session],
+    filters: ReplayFilters,
+    model_checksums: Iterable[str] | None,
+) -> Backlog:
+    """Completed inspections matching ``filters`` that have images needing the asked work.
+
+    ``model_checksums`` is the configured analyser's set; None skips the model comparison.
+    """
+    current = frozenset(model_checksums) if model_checksums is not None else None
+    reasons = filters.reasons
+    with translate_db_errors(), session_factory() as session:
+        inspections = _inspection_rows(session, filters)
+        ids = [int(row["containerInspectionId"]) for row in inspections]
+        images = _per_inspection(session, IMAGES_SQL, ids)
+        shas: dict[int, set[str]] = defaultdict(set)
+        if current is not None and MODEL_CHANGED in reasons:
+            for row in _per_inspection(session, MODELS_SQL, ids):
+                shas[int(row["blSampleImageId"])].add(row["sha256"])
+    by_inspection: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in images:
+        by_inspection[int(row["containerInspectionId"])].append(row)
+    found = []
+    for row in inspections:
+        inspection_id = int(row["containerInspectionId"])
+        work: dict[str, list[int]] = defaultdict(list)
+        failures: Counter[str] = Counter()
+        for image in by_inspection.get(inspection_id, []):
+            image_id = int(image["blSampleImageId"])
+            reason = classify_image(image["state"], frozenset(shas.get(image_id, ())), current)
+            if reason is None or reason not in reasons:
+                continue
+            work[reason].append(image_id)
+            if reason == FAILED:
+                failures[image["failureReason"] or "unknown"] += 1
+        if work:
+            found.append(
+                BacklogInspection(
+                    containerInspectionId=inspection_id,
+                    containerId=int(row["containerId"]),
+                    barcode=row["barcode"],
+                    visit=_visit_of(row),
+                    completed=as_datetime(row["completed"]),
+                    image_count=len(by_inspection.get(inspection_id, [])),
+                    work={reason: tuple(sorted(ids)) for reason, ids in work.items()},
+                    failure_reasons=dict(failures),
+                )
+            )
+    return Backlog(
+        inspections=tuple(found),
+        matched=len(inspections),
+        images_matched=len(images),
+        model_checksums=current,
+        not_completed=tuple(sorted(set(filters.inspection_ids) - set(ids))),
+    )
+
+
+def _chunked(ids: Sequence[int], size: int) -> list[tuple[int, ...]]:
+    return [tuple(ids[start : start + size]) for start in range(0, len(ids), size)]
+
+
+def _work_reason(inspection: BacklogInspection) -> str:
+    """The WorkItem reason: what most of the inspection's images need (for the daemon's logs)."""
+    reason = max(inspection.work, key=lambda name: len(inspection.work[name]))
+    return "replay-" + reason.replace(" ", "-")
+
+
+# --- doing the work --------------------------------------------------------------------------
+
+ItemCallback = Callable[[BacklogInspection, tuple[int, ...]], None]
+
+
+def publish_backlog(
+    backlog: Backlog,
+    publisher: Any,
+    *,
+    chunk_size: int,
+    priority: int = 0,
+    on_item: ItemCallback | None = None,
+    summary: ReplaySummary | None = None,
+) -> ReplaySummary:
+    """Publish one ``WorkItem`` per ``chunk_size`` images; each is confirmed before the next.
+
+    A done inspection is reopened first, so the daemon that finishes its last image completes
+    it again and publishes results-ready once more.
+    """
+    from chimp_worker.events import WorkItem
+
+    summary = summary or ReplaySummary(mode="queue")
+    summary.inspections = len(backlog.inspections)
+    summary.images_planned = backlog.image_count
+    summary.skipped = backlog.images_matched - backlog.image_count
+    for inspection in backlog.inspections:
+        for chunk in _chunked(inspection.image_ids, chunk_size):
+            item = WorkItem(
+                containerInspectionId=inspection.containerInspectionId,
+                blSampleImageIds=chunk,
+                reason=_work_reason(inspection),
+                priority=priority,
+            )
+            publisher.publish(item)
+            summary.published += 1
+            log.info(
+                "replay_published",
+                inspection_id=inspection.containerInspectionId,
+                images=len(chunk),
+                reason=item.reason,
+            )
+            if on_item is not None:
+                on_item(inspection, chunk)
+    return summary
+
+
+def reopen_done_inspections(session_factory: sessionmaker[Session], backlog: Backlog) -> list[int]:
+    """Set done inspections with work back to pending, so completion fires once more."""
+    from chimp_worker.ispyb.progress import reopen_inspection
+
+    return [
+        inspection.containerInspectionId
+        for inspection in backlog.inspections
+        if reopen_inspection(session_factory, inspection.containerInspectionId)
+    ]
+
+
+def process_backlog(
+    backlog: Backlog,
+    pipeline: Pipeline,
+    *,
+    chunk_size: int,
+    on_image: Callable[[ImageProgress], None] | None = None,
+    summary: ReplaySummary | None = None,
+) -> ReplaySummary:
+    """Process every image of the backlog here, ``chunk_size`` images per pipeline call.
+
+    Progress is in the database after every image, so an interruption (KeyboardInterrupt
+    propagates out of here) loses at most the image in hand.
+    """
+    summary = summary or ReplaySummary(mode="local")
+    summary.inspections = len(backlog.inspections)
+    summary.images_planned = backlog.image_count
+    summary.skipped = backlog.images_matched - backlog.image_count
+
+    def count(event: ImageProgress) -> None:
+        if event.outcome == "done":
+            summary.processed += 1
+        elif event.outcome == "unchanged":
+            summary.unchanged += 1
+        elif event.outcome == "failed":
+            summary.failed[event.reason or "unknown"] += 1
+        elif event.outcome == "skipped":
+            summary.skipped += 1
+        if on_image is not None:
+            on_image(event)
+
+    for inspection in backlog.inspections:
+        for chunk in _chunked(inspection.image_ids, chunk_size):
+            outcome = pipeline.process(inspection.containerInspectionId, chunk, progress=count)
+            if outcome.completed_inspection:
+                summary.completed_inspections += 1
+    return summary
