@@ -256,6 +256,30 @@ def classification_metrics(
     )
 
 
+def precision_recall_curve(
+    scores: Sequence[float], positives: Sequence[bool]
+) -> tuple[list[float], list[float]]:
+    """(recall, precision) lists after each distinct score threshold, highest score first.
+
+    One-vs-rest for a classifier: ``scores`` are one class's probabilities, ``positives``
+    whether each image truly is that class. Tied scores enter together. Empty when there is
+    no positive (recall is undefined).
+    """
+    if len(scores) != len(positives):
+        raise DatasetError(f"{len(scores)} scores but {len(positives)} truth values")
+    total = int(sum(bool(p) for p in positives))
+    if total == 0:
+        return [], []
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    ranked_scores = np.asarray(scores, dtype=np.float64)[order]
+    hits = np.cumsum(np.asarray(positives, dtype=bool)[order])
+    ranks = np.arange(1, len(order) + 1)
+    last_of_tie = np.r_[ranked_scores[1:] != ranked_scores[:-1], True]
+    recall = (hits[last_of_tie] / total).tolist()
+    precision = (hits[last_of_tie] / ranks[last_of_tie]).tolist()
+    return recall, precision
+
+
 def detector_as_classifier(
     true_labels: Sequence[str], crystals_detected: Sequence[int | None]
 ) -> ClassificationMetrics:

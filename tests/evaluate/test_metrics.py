@@ -166,3 +166,13 @@ def test_detector_as_classifier_reproduces_the_formulas_behind_table7() -> None:
     assert round(no_crystals.precision, 4) == 0.9737
     assert round(no_crystals.recall, 4) == 0.6078
     assert round(no_crystals.f1, 4) == 0.7484
+
+
+def test_precision_recall_curve_steps_through_thresholds_with_ties_together() -> None:
+    from chimp_worker.evaluate.metrics import precision_recall_curve
+
+    recall, precision = precision_recall_curve([0.9, 0.8, 0.8, 0.3], [True, False, True, False])
+    # thresholds 0.9 -> 1 hit of 1; 0.8 (tie) -> 2 hits of 3; 0.3 -> 2 hits of 4
+    assert recall == [0.5, 1.0, 1.0]
+    assert precision == pytest.approx([1.0, 2 / 3, 0.5])
+    assert precision_recall_curve([0.1], [False]) == ([], [])

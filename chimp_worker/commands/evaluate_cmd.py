@@ -1,0 +1,333 @@
+"""``chimp-worker evaluate``: judge models on expert-labelled images with the paper's metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from chimp_worker.cli import AppContext, pass_app
+
+_LABEL_MAP_HELP = (
+    "Map the CSV's labels first: 'table1' (the paper's VMXi ten-to-four mapping, by score "
+    "number or name) or a JSON/CSV file of from,to."
+)
+
+
+@click.group()
+def evaluate() -> None:
+    """Score models on labelled data (the CHiMP paper's Tables 5-9), or make a mock data set."""
+
+
+@contextmanager
+def _progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(what, total=total or None)
+        yield lambda done: bar.advance(task, done)
+
+
+def _write_outputs(data: dict, json_path: Path | None, plots: list[Path]) -> None:
+    from chimp_worker.evaluate.report import write_json
+
+    if json_path is not None:
+        click.echo(f"wrote {write_json(json_path, data)}")
+    for path in plots:
+        click.echo(f"wrote {path}")
+
+
+@evaluate.command("classifier")
+@click.argument("labels_csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Classifier checkpoint (default: classifier_path from the settings).",
+)
+@click.option("--label-map", help=_LABEL_MAP_HELP)
+@click.option(
+    "--from-database",
+    is_flag=True,
+    help="Score the results already in ISPyB (database_url) instead of running a model.",
+)
+@click.option(
+    "--schema",
+    default="CHIMP",
+    show_default=True,
+    help="With --from-database: the BLSampleImageAutoScoreSchema to read.",
+)
+@click.option(
+    "--image-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Relative image paths are under this folder (default: the CSV's folder).",
+)
+@click.option(
+    "--input-size",
+    type=click.IntRange(32, 2048),
+    help="Classifier input size S (default: classifier_input_size, 512).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every number and every image's outcome as JSON here.",
+)
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write pr_classes.png (one-vs-rest precision-recall) into this folder.",
+)
+@pass_app
+def classifier(
+    app: AppContext,
+    labels_csv: Path,
+    model_path: Path | None,
+    label_map: str | None,
+    from_database: bool,
+    schema: str,
+    image_root: Path | None,
+    input_size: int | None,
+    json_path: Path | None,
+    plots: Path | None,
+) -> None:
+    """Score a classifier on a labelled CSV (paper Table 5).
+
+    Per-class precision, recall and F1, mean F1 and the confusion matrix, for a CSV of
+    path,label rows.
+
+    Images that cannot be read, or have no result in the database, are counted as 'no
+    prediction' (a miss for their true class), never dropped.
+
+    \b
+    Example:
+      chimp-worker evaluate mock-dataset /tmp/mock-test --count 40
+      chimp-worker evaluate classifier /tmp/mock-test/labels.csv --model classifier.pt
+      chimp-worker evaluate classifier vmxi-scores.csv --label-map table1 \\
+          --json result.json --plots plots/
+      chimp-worker evaluate classifier scored.csv --from-database
+    """
+    from rich.console import Console
+
+    from chimp_worker.evaluate import report
+    from chimp_worker.evaluate.runner import count_rows, run_classifier_evaluation
+
+    overrides = {"classifier_input_size": input_size} if input_size else {}
+    settings = app.settings(**overrides)
+    with _progress(count_rows(labels_csv, None), "classifying") as advance:
+        result = run_classifier_evaluation(
+            settings,
+            labels_csv,
+            model_path=model_path,
+            label_map=label_map,
+            from_database=from_database,
+            schema=schema,
+            image_root=image_root,
+            progress=advance,
+        )
+    console = Console()
+    console.print(report.table5([(result.name, result.test_set, result.metrics)]))
+    console.print(report.per_class_table(result.metrics, "Per-class precision, recall and F1"))
+    console.print(report.confusion_table(result.metrics))
+    written = [report.plot_classifier_curves(result.pr_curves(), plots)] if plots else []
+    _write_outputs(result.as_dict(), json_path, written)
+
+
+@evaluate.command("detector")
+@click.option(
+    "--annotations",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="COCO instances JSON (boxes and polygon masks): gives mAP (Tables 6/8).",
+)
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of path,label: gives the crystals/no-crystals table (Tables 7/9). "
+    "Without it the table uses the COCO truth.",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Detector state_dict (default: the configured detector).",
+)
+@click.option(
+    "--flavour",
+    type=click.Choice(["vmxi", "xchem"]),
+    help="Which configured detector to use when both are set.",
+)
+@click.option("--label-map", help=_LABEL_MAP_HELP)
+@click.option(
+    "--category",
+    "categories",
+    multiple=True,
+    help="Evaluate only these categories (default: those the detector predicts).",
+)
+@click.option(
+    "--iou-type",
+    "iou_types",
+    multiple=True,
+    type=click.Choice(["bbox", "segm"]),
+    help="Boxes, masks or both (default: both).",
+)
+@click.option(
+    "--max-detections",
+    type=click.IntRange(1, 10000),
+    default=100,
+    show_default=True,
+    help="COCO's per-image detection cap for AP (raise it for many microcrystals).",
+)
+@click.option(
+    "--score-threshold",
+    type=click.FloatRange(0, 1),
+    help="Threshold for the classification table (default: score_threshold, 0.6).",
+)
+@click.option(
+    "--image-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Relative image paths are under this folder (default: the file's folder).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every number as JSON here.",
+)
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write pr_bbox.png and pr_segm.png (precision-recall) into this folder.",
+)
+@pass_app
+def detector(
+    app: AppContext,
+    annotations: Path | None,
+    labels_csv: Path | None,
+    model_path: Path | None,
+    flavour: str | None,
+    label_map: str | None,
+    categories: tuple[str, ...],
+    iou_types: tuple[str, ...],
+    max_detections: int,
+    score_threshold: float | None,
+    image_root: Path | None,
+    json_path: Path | None,
+    plots: Path | None,
+) -> None:
+    """Score a detector: COCO mAP and crystals/no crystals (paper Tables 6-9).
+
+    mAP for boxes and masks at IoU 0.5, 0.75 and 0.5:0.95 and by object size, computed by
+    pycocotools; and the detector as a classifier: an image is 'Crystals' when at least one
+    crystal scores at or above the threshold.
+
+    mAP uses every detection scoring >= 0.05 (torchvision's default); the classification
+    table uses the worker's score_threshold.
+
+    \b
+    Example:
+      chimp-worker evaluate mock-dataset /tmp/mock-xchem --flavour xchem --count 20
+      chimp-worker evaluate detector --model xchem.pt \\
+          --annotations /tmp/mock-xchem/annotations.json --plots plots/ --json det.json
+      chimp-worker evaluate detector --flavour vmxi --labels vmxi-test.csv --label-map table1
+    """
+    from rich.console import Console
+
+    from chimp_worker.evaluate import report
+    from chimp_worker.evaluate.runner import count_rows, run_detector_evaluation
+
+    overrides = {"score_threshold": score_threshold} if score_threshold is not None else {}
+    settings = app.settings(**overrides)
+    with _progress(count_rows(labels_csv, annotations), "detecting") as advance:
+        result = run_detector_evaluation(
+            settings,
+            annotations=annotations,
+            labels_csv=labels_csv,
+            model_path=model_path,
+            flavour=flavour,
+            label_map=label_map,
+            categories=list(categories) or None,
+            iou_types=list(iou_types) or ("bbox", "segm"),
+            max_detections=max_detections,
+            image_root=image_root,
+            progress=advance,
+        )
+    console = Console()
+    written = []
+    if result.coco is not None:
+        for category in dict.fromkeys(s.category for s in result.coco.scores):
+            console.print(report.map_table(result.coco, category))
+        if plots:
+            written = report.plot_detector_curves(result.coco.curves, plots)
+    if result.as_classifier is not None:
+        console.print(report.binary_table(result.as_classifier, result.score_threshold))
+    for path, error in result.failed:
+        click.echo(f"image not evaluated: {path}: {error}", err=True)
+    _write_outputs(result.as_dict(), json_path, written)
+
+
+@evaluate.command("mock-dataset")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--flavour", type=click.Choice(["vmxi", "xchem"]), default="vmxi", show_default=True)
+@click.option("--count", type=click.IntRange(1, 100000), default=40, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Image n is rendered with seed + n; use different seeds for train and test.",
+)
+@click.option(
+    "--size",
+    default="320x256",
+    show_default=True,
+    help="WIDTHxHEIGHT to render at, or 'native' for the imager's full size.",
+)
+@click.option(
+    "--drops/--no-drops",
+    default=None,
+    help="Annotate drops too (default: for xchem only, as its detector finds drops).",
+)
+def mock_dataset(
+    folder: Path, flavour: str, count: int, seed: int, size: str, drops: bool | None
+) -> None:
+    """Render a labelled mock-imager data set to evaluate or train on.
+
+    Writes images/, labels.csv (path,label) and annotations.json (COCO, polygons traced from
+    the exact ground-truth masks).
+
+    \b
+    Example:
+      chimp-worker evaluate mock-dataset /tmp/mock-train --count 200 --seed 0
+      chimp-worker evaluate mock-dataset /tmp/mock-val --count 60 --seed 100000
+    """
+    from chimp_worker.evaluate.mock_dataset import export_mock_dataset
+
+    if size == "native":
+        dimensions = None
+    else:
+        try:
+            width, height = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise click.BadParameter(
+                "expected WIDTHxHEIGHT, e.g. 320x256", param_hint="--size"
+            ) from None
+        dimensions = (width, height)
+    try:
+        exported = export_mock_dataset(
+            folder, flavour=flavour, count=count, seed=seed, size=dimensions, with_drops=drops
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    classes = ", ".join(f"{name} {n}" for name, n in sorted(exported.per_class.items()))
+    click.echo(f"wrote {exported.images} images ({classes}; {exported.crystals} crystals)")
+    click.echo(f"labels: {exported.labels_csv}")
+    click.echo(f"annotations: {exported.annotations}")

@@ -1,0 +1,174 @@
+"""One call per ``chimp-worker evaluate`` subcommand: read the data set, build the model the way
+the worker builds it (from ``Settings``), score it. The commands only parse and render."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from chimp_worker.analysis import CHIMP_SCHEMA
+from chimp_worker.config import Settings
+from chimp_worker.errors import ConfigError, DatasetError
+from chimp_worker.evaluate.classifier import (
+    ClassifierEvaluation,
+    Progress,
+    evaluate_classifier_database,
+    evaluate_classifier_model,
+)
+from chimp_worker.evaluate.coco import IOU_TYPES, load_coco
+from chimp_worker.evaluate.datasets import (
+    LabelledImage,
+    apply_label_map,
+    load_label_map,
+    read_labelled_csv,
+)
+from chimp_worker.evaluate.detector import DetectorEvaluation, evaluate_detector
+
+
+def load_rows(
+    labels_csv: Path,
+    label_map: str | None,
+    *,
+    check_files: bool = True,
+    image_root: Path | None = None,
+) -> list[LabelledImage]:
+    """The CSV's rows with ``label_map`` (a name such as ``table1`` or a file) applied."""
+    rows = read_labelled_csv(labels_csv, check_files=check_files, image_root=image_root)
+    return apply_label_map(rows, load_label_map(label_map) if label_map else None)
+
+
+def count_rows(labels_csv: Path | None, annotations: Path | None) -> int:
+    """Images an evaluation will visit (for a progress bar); 0 when unknown."""
+    total = 0
+    if labels_csv is not None:
+        total += len(read_labelled_csv(labels_csv, check_files=False))
+    if annotations is not None:
+        total += len(load_coco(annotations).images)
+    return total
+
+
+def run_classifier_evaluation(
+    settings: Settings,
+    labels_csv: Path,
+    *,
+    model_path: Path | None = None,
+    label_map: str | None = None,
+    from_database: bool = False,
+    schema: str = CHIMP_SCHEMA,
+    image_root: Path | None = None,
+    progress: Progress | None = None,
+) -> ClassifierEvaluation:
+    """Score the classifier file (default: ``classifier_path``) or the database's results."""
+    rows = load_rows(labels_csv, label_map, check_files=not from_database, image_root=image_root)
+    test_set = Path(labels_csv).stem
+    if from_database:
+        from chimp_worker.ispyb.database import make_engine, make_session_factory
+
+        engine = make_engine(settings.database_url, settings.database_connect_args)
+        try:
+            return evaluate_classifier_database(
+                rows, make_session_factory(engine), schema=schema, test_set=test_set
+            )
+        finally:
+            engine.dispose()
+    path = model_path or settings.classifier_path
+    if path is None:
+        raise ConfigError(
+            "classifier_path [CHIMP_CLASSIFIER_PATH]: no classifier file; give --model "
+            "or use --from-database"
+        )
+    from chimp_worker.models import (
+        ChimpAnalyser,
+        configure_threads,
+        load_classifier,
+        resolve_device,
+    )
+    from chimp_worker.models.analyser import AnalysisOptions
+
+    configure_threads(settings.torch_threads)
+    analyser = ChimpAnalyser(
+        classifier=load_classifier(path),
+        options=AnalysisOptions.from_settings(settings),
+        device=resolve_device(settings.device),
+    )
+    return evaluate_classifier_model(
+        rows,
+        analyser,
+        name=Path(path).name,
+        test_set=test_set,
+        max_pixels=settings.image_max_pixels,
+        batch_size=settings.batch_size,
+        progress=progress,
+    )
+
+
+def detector_path(settings: Settings, model_path: Path | None, flavour: str | None) -> Path:
+    """--model, else the configured detector of --flavour, else the only configured one."""
+    if model_path is not None:
+        return model_path
+    configured = {
+        "vmxi": settings.vmxi_detector_path,
+        "xchem": settings.xchem_detector_path,
+    }
+    if flavour is not None:
+        path = configured[flavour]
+        if path is None:
+            raise ConfigError(
+                f"{flavour}_detector_path [CHIMP_{flavour.upper()}_DETECTOR_PATH] is not set; "
+                "give --model"
+            )
+        return path
+    present = [p for p in configured.values() if p is not None]
+    if len(present) != 1:
+        raise ConfigError(
+            "give --model, or --flavour vmxi|xchem to pick a configured detector "
+            f"({len(present)} detector paths are configured)"
+        )
+    return present[0]
+
+
+def run_detector_evaluation(
+    settings: Settings,
+    *,
+    annotations: Path | None = None,
+    labels_csv: Path | None = None,
+    model_path: Path | None = None,
+    flavour: str | None = None,
+    label_map: str | None = None,
+    categories: Sequence[str] | None = None,
+    iou_types: Sequence[str] = IOU_TYPES,
+    max_detections: int = 100,
+    image_root: Path | None = None,
+    progress: Progress | None = None,
+) -> DetectorEvaluation:
+    """mAP on COCO annotations and/or the crystals/no-crystals table on a labelled CSV."""
+    if annotations is None and labels_csv is None:
+        raise DatasetError("give --annotations (COCO JSON), --labels (CSV), or both")
+    coco = load_coco(annotations, image_root) if annotations is not None else None
+    rows = load_rows(labels_csv, label_map, image_root=image_root) if labels_csv else None
+    path = detector_path(settings, model_path, flavour)
+    from chimp_worker.evaluate.detector import make_detector_analyser
+
+    analyser = make_detector_analyser(
+        path,
+        device=settings.device,
+        clahe_clip_limit=settings.clahe_clip_limit,
+        mask_threshold=settings.mask_threshold,
+        batch_size=settings.batch_size,
+        torch_threads=settings.torch_threads,
+    )
+    test_set = " + ".join(p.stem for p in (annotations, labels_csv) if p is not None)
+    return evaluate_detector(
+        analyser,
+        name=Path(path).name,
+        test_set=test_set,
+        coco=coco,
+        labels=rows,
+        score_threshold=settings.score_threshold,
+        categories=categories,
+        iou_types=iou_types,
+        max_detections=max_detections,
+        max_pixels=settings.image_max_pixels,
+        batch_size=settings.batch_size,
+        progress=progress,
+    )
