@@ -348,11 +348,9 @@ class _Reporter:
     ) -> None:
         self.index += 1
         if outcome != "skipped":
+            details = {"reason": reason} if reason else {}
             log.info(
-                "image_" + outcome,
-                blsample_image_id=image_id,
-                reason=reason,
-                seconds=round(seconds, 3),
+                "image_" + outcome, blsample_image_id=image_id, seconds=round(seconds, 3), **details
             )
         if self.callback is not None:
             self.callback(

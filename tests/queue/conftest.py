@@ -31,3 +31,12 @@ def queue_settings(amqp_url: str, queue_prefix: str, rabbit: RabbitProbe) -> Ite
     )
     yield settings
     rabbit.delete(settings)
+
+
+@pytest.fixture
+def ispyb_mariadb_url(mariadb_url: str) -> str:
+    """A fresh MariaDB database with the ISPyB core subset and the worker's tables."""
+    from chimp_worker.ispyb.schema import create_all
+
+    create_all(mariadb_url)
+    return mariadb_url

@@ -1,0 +1,696 @@
+"""The worker daemon: RabbitMQ events in, ISPyB rows out, at least once, never lost.
+
+Threads and who does what (the dramatiq pattern, pika's one thread-safe call):
+
+- The **I/O thread** (the caller of ``run``) owns the pika connection. It turns
+  ``process_data_events`` in short ticks -- heartbeats flow even while inference runs for
+  minutes -- and between ticks it beats the liveness signal, pings the systemd watchdog, acks,
+  requeues and publishes on behalf of the workers, and notices a stop request.
+- **Worker threads** (one for events, ``concurrency`` for work items) decode, plan, process and
+  decide. They never touch pika: a settlement (ack / requeue) or a publish request goes onto a
+  queue and the I/O thread is woken with ``add_callback_threadsafe``. The ack is sent only
+  after the results are committed, on the channel the message came in on.
+- A lost connection ends the broker session: the loop reconnects with jittered back-off and
+  redeclares. Deliveries carry their session id; a settlement for a dead session is dropped
+  and logged (the broker redelivers that message; the writer is idempotent).
+- SIGTERM only sets a flag. The loop then cancels its consumers, returns messages not yet
+  started, waits up to ``grace_period_s`` for those in hand (still heart-beating), requeues
+  whatever is left, closes and returns 0.
+
+Message outcomes (the consumer decides from the error branch alone):
+
+- malformed event, unknown images, unknown inspection after bounded retries, any other
+  ``PermanentError``: copied to ``dlq.<queue>`` with ``x-chimp-reason`` / ``x-chimp-detail``
+  headers (confirmed), then acked;
+- ``TransientError`` (database): the unit is retried with jittered back-off, then requeued;
+  the queue's delivery limit stops a message that never succeeds;
+- an unexpected exception (a bug, a crash in a library): requeued, delivery limit applies.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import queue
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, TypeVar
+
+import structlog
+import tenacity
+
+from chimp_worker.broker import BrokerSession, Delivery, dead_letter_headers, dead_letter_queue
+from chimp_worker.config import Settings
+from chimp_worker.errors import (
+    BrokerUnavailableError,
+    ChimpError,
+    DatabaseUnavailableError,
+    EventError,
+    InspectionNotVisibleError,
+    PermanentError,
+    TransientError,
+    UnknownInspectionError,
+    UnroutableMessageError,
+)
+from chimp_worker.events import (
+    Event,
+    InspectionCompleted,
+    WorkItem,
+    decode_event,
+    plan_work_items,
+    results_ready_now,
+)
+from chimp_worker.health import HealthServer, Liveness
+from chimp_worker.log import get_logger
+from chimp_worker.metrics import WorkerMetrics
+from chimp_worker.pipeline import ImageProgress, Pipeline, WorkOutcome
+from chimp_worker.sdnotify import SystemdNotifier
+
+log = get_logger(__name__)
+
+LOOP_TICK_S = 0.5  # longest the I/O loop waits before checking flags, liveness, watchdog
+RESULTS_READY_ATTEMPTS = 10
+T = TypeVar("T")
+
+
+class Action(enum.StrEnum):
+    """What the I/O thread does with a finished message (also the metrics outcome label)."""
+
+    ACKED = "acked"
+    DEAD_LETTERED = "dead_lettered"  # copied to the DLQ with its reason, then acked
+    REQUEUED = "requeued"
+
+
+class WorkAbandonedError(Exception):
+    """The shutdown grace period ran out: stop at the next image boundary (not an error)."""
+
+
+class StaleDeliveryError(BrokerUnavailableError):
+    """The message came in on a connection that has since died; its redelivery will do it."""
+
+    reason = "stale_delivery"
+
+
+@dataclass(frozen=True)
+class _Settlement:
+    delivery: Delivery
+    action: Action
+
+
+@dataclass
+class _InFlight:
+    delivery: Delivery
+    kind: str
+    received_at: float
+
+
+@dataclass
+class _PublishRequest:
+    body: bytes
+    exchange: str
+    routing_key: str
+    event_type: str | None
+    headers: Mapping[str, Any] | None
+    message_id: str | None
+    priority: int | None
+    content_type: str | None
+    session_id: int | None  # publish only on this session (None: any)
+    done: Future[None]
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Full-jitter exponential back-off: uniform in [0, min(max, initial * 2**attempt)]."""
+    return rng.uniform(0, min(max_s, initial_s * 2 ** min(attempt, 30)))
+
+
+class _WorkerPool:
+    """Daemon threads taking deliveries from a queue; deliveries not started can be taken back.
+
+    Daemon threads, because a worker stuck in inference past the grace period must not keep
+    the process alive: its message has been requeued and its writes are idempotent.
+    """
+
+    def __init__(self, name: str, size: int, run: Callable[[Delivery], None]) -> None:
+        self._queue: queue.Queue[Delivery | None] = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(run,), name=f"{name}-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, delivery: Delivery) -> None:
+        self._queue.put(delivery)
+
+    def take_back(self) -> list[Delivery]:
+        taken = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return taken
+            if item is not None:
+                taken.append(item)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _loop(self, run: Callable[[Delivery], None]) -> None:
+        while (delivery := self._queue.get()) is not None:
+            run(delivery)
+
+
+class Daemon:
+    """Consumes the events and work queues until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        *,
+        metrics: WorkerMetrics | None = None,
+        liveness: Liveness | None = None,
+        notifier: SystemdNotifier | None = None,
+        max_messages: int | None = None,
+        idle_exit_s: float | None = None,
+        connection_name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics or WorkerMetrics.create()
+        self.liveness = liveness or Liveness(
+            timeout_s=settings.liveness_timeout_s, path=settings.liveness_file
+        )
+        self.notifier = notifier or SystemdNotifier()
+        self.max_messages = max_messages
+        self.idle_exit_s = idle_exit_s
+        self.connection_name = connection_name or (
+            f"chimp-worker {socket.gethostname()} pid {os.getpid()}"
+        )
+        self._rng = random.Random()
+        self._session_ids = itertools.count(1)
+        self._session: BrokerSession | None = None
+        self._stop_requested = False  # set from signal handlers: a plain attribute, nothing else
+        self._stopping = threading.Event()  # set by the I/O thread; workers stop retrying
+        self._abandon = threading.Event()  # grace expired; workers stop at an image boundary
+        self._settlements: queue.Queue[_Settlement] = queue.Queue()
+        self._publish_requests: queue.Queue[_PublishRequest] = queue.Queue()
+        self._in_flight: dict[tuple[int, int], _InFlight] = {}
+        self._received = 0
+        self._last_activity = time.monotonic()
+        self._ready_sent = False
+        self._pools: dict[str, _WorkerPool] = {}
+
+    # --- control -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop gracefully; safe from signal handlers and other threads."""
+        self._stop_requested = True
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            self._stop_requested = True  # never touch pika or locks here
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> int:
+        """Consume until stopped (signal, ``max_messages``, ``idle_exit_s``); returns 0."""
+        self._pools = {
+            "events": _WorkerPool("chimp-events", 1, self._run_job),
+            "work": _WorkerPool("chimp-work", self.settings.concurrency, self._run_job),
+        }
+        health = (
+            HealthServer(self.liveness, self.metrics.registry, port=self.settings.metrics_port)
+            if self.settings.metrics_port
+            else None
+        )
+        if health is not None:
+            health.start()
+        log.info(
+            "worker_starting",
+            analyser=self.pipeline.analyser.name,
+            concurrency=self.settings.concurrency,
+            events_queue=self.settings.events_queue,
+            work_queue=self.settings.work_queue,
+        )
+        try:
+            attempt = 0
+            while not self._should_stop():
+                try:
+                    self._run_session()
+                    attempt = 0
+                except BrokerUnavailableError as error:
+                    self._lose_session(error)
+                    self._sleep(self._delay(attempt))
+                    attempt += 1
+            self._shutdown()
+        finally:
+            for pool in self._pools.values():
+                pool.stop()
+            if health is not None:
+                health.stop()
+            self.liveness.clear()
+        log.info("worker_stopped", messages=self._received)
+        return 0
+
+    # --- I/O thread --------------------------------------------------------------------------
+
+    def _run_session(self) -> None:
+        session = BrokerSession(
+            self.settings, connection_name=self.connection_name, session_id=next(self._session_ids)
+        )
+        self._session = session
+        session.open()
+        work_prefetch = self.settings.prefetch * self.settings.concurrency
+        session.consume(self.settings.events_queue, self.settings.prefetch, self._on_delivery)
+        session.consume(self.settings.work_queue, work_prefetch, self._on_delivery)
+        log.info("broker_session_open", session_id=session.session_id)
+        if not self._ready_sent:
+            self._ready_sent = True
+            self.notifier.ready(f"consuming {self.settings.work_queue}")
+        while not self._should_stop():
+            self._tick(session)
+
+    def _tick(self, session: BrokerSession | None) -> None:
+        """One turn of the I/O loop: network, settlements, publishes, liveness, watchdog.
+
+        Without a session (backing off, or lost during shutdown) publish requests fail at once
+        and settlements are dropped as stale: the broker redelivers those messages.
+        """
+        if session is not None:
+            session.process_events(LOOP_TICK_S)
+            self._drain(session)
+        else:
+            time.sleep(LOOP_TICK_S / 5)
+            self._fail_publish_requests(BrokerUnavailableError("not connected to the broker"))
+            while not self._settlements.empty():
+                self._settle_now(None, self._settlements.get_nowait())
+        self.liveness.beat()
+        self.notifier.watchdog()
+        self.metrics.io_loop_beat.set_to_current_time()
+
+    def _should_stop(self) -> bool:
+        if self._stop_requested:
+            return True
+        if self.max_messages is not None and self._received >= self.max_messages:
+            return True
+        idle = time.monotonic() - self._last_activity
+        return bool(
+            self.idle_exit_s is not None and not self._in_flight and idle > self.idle_exit_s
+        )
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        kind = "events" if delivery.queue == self.settings.events_queue else "work"
+        self._received += 1
+        self._last_activity = time.monotonic()
+        self._in_flight[(delivery.session_id, delivery.delivery_tag)] = _InFlight(
+            delivery, kind, time.monotonic()
+        )
+        self.metrics.in_flight.set(len(self._in_flight))
+        self._pools[kind].submit(delivery)
+
+    def _drain(self, session: BrokerSession) -> None:
+        """Apply workers' settlements and publish requests (I/O thread only)."""
+        while True:
+            try:
+                request = self._publish_requests.get_nowait()
+            except queue.Empty:
+                break
+            self._publish_now(session, request)
+        while True:
+            try:
+                settlement = self._settlements.get_nowait()
+            except queue.Empty:
+                break
+            self._settle_now(session, settlement)
+
+    def _publish_now(self, session: BrokerSession, request: _PublishRequest) -> None:
+        if request.session_id is not None and request.session_id != session.session_id:
+            request.done.set_exception(StaleDeliveryError("connection changed; not publishing"))
+            return
+        try:
+            session.publish(
+                request.body,
+                exchange=request.exchange,
+                routing_key=request.routing_key,
+                event_type=request.event_type,
+                headers=request.headers,
+                message_id=request.message_id,
+                priority=request.priority,
+                content_type=request.content_type,
+            )
+        except UnroutableMessageError as error:
+            request.done.set_exception(error)
+        except BrokerUnavailableError as error:
+            request.done.set_exception(error)
+            raise
+        else:
+            self.metrics.published.labels(request.event_type or "raw").inc()
+            request.done.set_result(None)
+
+    def _settle_now(self, session: BrokerSession | None, settlement: _Settlement) -> None:
+        delivery = settlement.delivery
+        entry = self._in_flight.pop((delivery.session_id, delivery.delivery_tag), None)
+        self.metrics.in_flight.set(len(self._in_flight))
+        self._last_activity = time.monotonic()
+        if entry is None:  # already requeued when the grace period ran out
+            log.warning("late_settlement_dropped", delivery_tag=delivery.delivery_tag)
+            return
+        self.metrics.message_seconds.labels(entry.kind).observe(
+            time.monotonic() - entry.received_at
+        )
+        if session is None or session.session_id != delivery.session_id or not session.is_open:
+            log.warning(
+                "stale_ack_dropped",
+                delivery_tag=delivery.delivery_tag,
+                action=str(settlement.action),
+                message_id=delivery.message_id,
+                reason="the connection it came on is gone; the broker redelivers it",
+            )
+            self.metrics.messages.labels(entry.kind, "stale").inc()
+            return
+        if settlement.action is Action.REQUEUED:
+            session.requeue(delivery.delivery_tag)
+        else:
+            session.ack(delivery.delivery_tag)
+        self.metrics.messages.labels(entry.kind, str(settlement.action)).inc()
+
+    def _lose_session(self, error: BrokerUnavailableError) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+        self.metrics.reconnects.inc()
+        stale = sum(1 for key in self._in_flight if session and key[0] == session.session_id)
+        log.warning("broker_session_lost", error=str(error), messages_in_hand=stale)
+        self._fail_publish_requests(error)
+
+    def _fail_publish_requests(self, error: BrokerUnavailableError) -> None:
+        while True:
+            try:
+                request = self._publish_requests.get_nowait()
+            except queue.Empty:
+                return
+            request.done.set_exception(error)
+
+    def _sleep(self, seconds: float) -> None:
+        """Back-off that keeps the loop turning (liveness, watchdog) and heeds a stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._should_stop():
+            self._tick(None)
+
+    def _shutdown(self) -> None:
+        """Stop consuming and let the messages in hand finish.
+
+        A stop from a limit (``max_messages``, ``idle_exit_s``) waits for every message in
+        hand. A stop from a signal returns messages not yet started at once and gives those
+        being worked on ``grace_period_s``; then they are requeued and abandoned.
+        """
+        session = self._session
+        self.notifier.stopping("finishing messages in hand")
+        log.info("worker_stopping", messages_in_hand=len(self._in_flight))
+        deadline: float | None = None
+        try:
+            if session is not None:
+                session.cancel_consumers()
+            while self._in_flight:
+                if self._stop_requested and deadline is None:
+                    deadline = time.monotonic() + self.settings.grace_period_s
+                    self._stopping.set()
+                    self._return_unstarted(session)
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                try:
+                    self._tick(session)
+                except BrokerUnavailableError as error:
+                    self._lose_session(error)
+                    session = None
+            if self._in_flight:
+                self._abandon.set()
+                for entry in list(self._in_flight.values()):
+                    log.warning(
+                        "grace_expired_requeueing", delivery_tag=entry.delivery.delivery_tag
+                    )
+                    self._settle_now(session, _Settlement(entry.delivery, Action.REQUEUED))
+        except BrokerUnavailableError as error:  # the broker requeues what we could not
+            self._lose_session(error)
+            session = None
+        if session is not None:
+            session.close()
+            self._session = None
+
+    def _return_unstarted(self, session: BrokerSession | None) -> None:
+        for pool in self._pools.values():
+            for delivery in pool.take_back():
+                self._settle_now(session, _Settlement(delivery, Action.REQUEUED))
+
+    # --- worker threads ----------------------------------------------------------------------
+
+    def _run_job(self, delivery: Delivery) -> None:
+        """Handle one delivery on a worker thread; always hand a settlement back."""
+        action = Action.REQUEUED
+        started = time.perf_counter()
+        context = {
+            "queue": delivery.queue,
+            "message_id": delivery.message_id or f"tag-{delivery.delivery_tag}",
+            "redelivered": delivery.redelivered,
+            "delivery_count": delivery.headers.get("x-delivery-count", 0),
+        }
+        with structlog.contextvars.bound_contextvars(**context):
+            try:
+                action = self._handle(delivery)
+            except WorkAbandonedError:
+                log.warning("message_abandoned_at_shutdown")
+            except Exception:  # a bug or a library crash: requeue, the delivery limit decides
+                log.exception("message_failed_unexpectedly")
+            finally:
+                self._settlements.put(_Settlement(delivery, action))
+                self._wake()
+                log.info(
+                    "message_done",
+                    outcome=str(action),
+                    seconds=round(time.perf_counter() - started, 3),
+                )
+
+    def _handle(self, delivery: Delivery) -> Action:
+        try:
+            event = decode_event(delivery.body)
+        except EventError as error:
+            return self._dead_letter(delivery, error)
+        expected: type[Event] = (
+            InspectionCompleted if delivery.queue == self.settings.events_queue else WorkItem
+        )
+        if not isinstance(event, expected):
+            return self._dead_letter(
+                delivery,
+                EventError(
+                    f"a {event.event_type} event does not belong on queue {delivery.queue}",
+                    reason="event_wrong_queue",
+                ),
+            )
+        with structlog.contextvars.bound_contextvars(inspection_id=event.containerInspectionId):
+            try:
+                if isinstance(event, InspectionCompleted):
+                    return self._plan(delivery, event)
+                return self._work(delivery, event)  # type: ignore[arg-type]
+            except InspectionNotVisibleError as error:
+                retries = self.settings.inspection_visibility_retries
+                return self._dead_letter(
+                    delivery,
+                    UnknownInspectionError(f"{error} after {retries} retries"),
+                )
+            except TransientError as error:
+                log.warning("message_requeued", reason=error.reason, detail=str(error))
+                return Action.REQUEUED
+            except PermanentError as error:
+                return self._dead_letter(delivery, error)
+
+    def _plan(self, delivery: Delivery, event: InspectionCompleted) -> Action:
+        """Split an inspection into work items for the images that still need work."""
+        image_ids = self._retry(
+            lambda: self.pipeline.plan(event.containerInspectionId, event.blSampleImageIds)
+        )
+        items = plan_work_items(event, image_ids, self.settings.images_per_work_item)
+        for item in items:
+            self._publish(item, session_id=delivery.session_id)
+        if not items:  # nothing left to do: the completion may still be owed
+            outcome = self._retry(lambda: self.pipeline.process(event.containerInspectionId, []))
+            self._announce(outcome)
+        log.info("inspection_planned", work_items=len(items), images=len(image_ids))
+        return Action.ACKED
+
+    def _work(self, delivery: Delivery, item: WorkItem) -> Action:
+        def progress(update: ImageProgress) -> None:
+            self.metrics.images.labels(update.outcome).inc()
+            if update.outcome == "failed" and update.reason:
+                self.metrics.failures.labels(update.reason).inc()
+            if update.outcome in ("done", "unchanged", "failed"):
+                self.metrics.image_seconds.observe(update.seconds)
+            if self._abandon.is_set():
+                raise WorkAbandonedError
+
+        outcome = self._retry(
+            lambda: self.pipeline.process(
+                item.containerInspectionId, item.blSampleImageIds, progress
+            )
+        )
+        self._announce(outcome)
+        return Action.ACKED
+
+    def _announce(self, outcome: WorkOutcome) -> None:
+        """Publish results-ready for the one caller that completed the inspection."""
+        if not outcome.completed_inspection:
+            return
+        event = results_ready_now(
+            outcome.inspection_id, outcome.image_count, outcome.analyser, outcome.schema_name
+        )
+        for attempt in range(RESULTS_READY_ATTEMPTS):
+            try:
+                self._publish(
+                    event,
+                    exchange=self.settings.results_exchange,
+                    routing_key=self.settings.results_routing_key,
+                )
+                log.info("results_ready_published", images=outcome.image_count)
+                return
+            except UnroutableMessageError as error:
+                log.error("results_ready_unroutable", detail=str(error))
+                return
+            except BrokerUnavailableError as error:
+                if self._abandon.is_set():
+                    break
+                log.warning("results_ready_publish_retry", attempt=attempt + 1, error=str(error))
+                self._abandon.wait(self._delay(attempt))
+        log.error(
+            "results_ready_not_published",
+            detail="the inspection is complete in the database; republish with replay",
+        )
+
+    def _dead_letter(self, delivery: Delivery, error: ChimpError) -> Action:
+        """Copy the message to its DLQ with the reason in headers (confirmed), then ack it."""
+        log.error("message_dead_lettered", reason=error.reason, detail=str(error))
+        self.metrics.failures.labels(error.reason).inc()
+        try:
+            self._publish_body(
+                delivery.body,
+                exchange="",
+                routing_key=dead_letter_queue(delivery.queue),
+                event_type=delivery.properties.get("type"),
+                headers=dead_letter_headers(delivery, error.reason, str(error)),
+                message_id=delivery.message_id,
+                priority=None,
+                content_type=delivery.properties.get("content_type"),
+                session_id=delivery.session_id,
+            )
+        except BrokerUnavailableError:
+            return Action.REQUEUED  # stale anyway: the redelivery will be dead-lettered
+        return Action.DEAD_LETTERED
+
+    def _publish(
+        self,
+        event: Event,
+        *,
+        session_id: int | None = None,
+        exchange: str = "",
+        routing_key: str | None = None,
+    ) -> None:
+        self._publish_body(
+            event.encode(),
+            exchange=exchange,
+            routing_key=routing_key or self.settings.work_queue,
+            event_type=event.event_type,
+            headers=None,
+            message_id=None,
+            priority=getattr(event, "priority", None),
+            content_type="application/json",
+            session_id=session_id,
+        )
+
+    def _publish_body(self, body: bytes, *, session_id: int | None, **fields: Any) -> None:
+        """Hand a publish to the I/O thread and wait for the broker's confirm."""
+        done: Future[None] = Future()
+        self._publish_requests.put(
+            _PublishRequest(body=body, session_id=session_id, done=done, **fields)
+        )
+        self._wake()
+        try:
+            done.result(timeout=self.settings.publish_timeout_s)
+        except FutureTimeoutError:
+            raise BrokerUnavailableError(
+                f"no publisher confirm within {self.settings.publish_timeout_s}s"
+            ) from None
+
+    def _wake(self) -> None:
+        session = self._session
+        if session is not None:
+            session.call_threadsafe(lambda: None)  # process_data_events returns; loop drains
+
+    def _retry(self, unit: Callable[[], T]) -> T:
+        """Run a unit of work, retrying transient errors with jittered back-off.
+
+        Database errors get ``database_retry_attempts`` tries, an inspection that is not
+        visible yet ``inspection_visibility_retries`` more; a stop request ends the retries.
+        """
+        settings = self.settings
+
+        def give_up(state: tenacity.RetryCallState) -> bool:
+            error = state.outcome.exception() if state.outcome else None
+            limit = (
+                settings.inspection_visibility_retries + 1
+                if isinstance(error, InspectionNotVisibleError)
+                else settings.database_retry_attempts
+            )
+            return state.attempt_number >= limit or self._stopping.is_set()
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, DatabaseUnavailableError):
+                self.metrics.database_retries.inc()
+            log.warning(
+                "unit_retrying",
+                attempt=state.attempt_number,
+                reason=getattr(error, "reason", None),
+                detail=str(error),
+            )
+
+        retrying = tenacity.Retrying(
+            stop=give_up,
+            wait=lambda state: self._delay(state.attempt_number - 1),
+            retry=tenacity.retry_if_exception_type(TransientError),
+            sleep=self._stopping.wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(unit)
+
+    def _delay(self, attempt: int) -> float:
+        initial = self.settings.retry_initial_wait_s
+        return (
+            backoff_delay(attempt, initial, self.settings.retry_max_wait_s, self._rng) + initial / 2
+        )
+
+
+def run_daemon(
+    settings: Settings,
+    *,
+    max_messages: int | None = None,
+    idle_exit_s: float | None = None,
+) -> int:
+    """``chimp-worker run``: build the pipeline, consume until a signal or a limit; exit 0."""
+    pipeline = Pipeline.from_settings(settings)
+    try:
+        daemon = Daemon(settings, pipeline, max_messages=max_messages, idle_exit_s=idle_exit_s)
+        daemon.install_signal_handlers()
+        return daemon.run()
+    finally:
+        pipeline.close()
