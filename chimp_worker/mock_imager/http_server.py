@@ -11,7 +11,8 @@ store, and only below one root directory. Faults, per path or for every request:
 - ``truncated``: serve only the first half of the file, with a matching Content-Length
   (a file the imager did not finish writing);
 - ``cut``: announce the full Content-Length, send half, close the connection (a broken transfer);
-- ``corrupt``: keep the first 64 bytes, replace the rest with seeded random bytes;
+- ``corrupt``: keep the first 64 bytes, replace the rest with seeded random bytes
+  (``faults.corrupt``);
 - ``redirect``: answer 302 to the same path on ``redirect_host`` (a client must refuse a host
   other than its configured one).
 
@@ -31,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
-import numpy as np
+from chimp_worker.mock_imager.faults import corrupt
 
 FAULTS = ("slow", "404", "503", "flaky", "truncated", "cut", "corrupt", "redirect")
 
@@ -159,8 +160,7 @@ def _handler_for(server: ImageServer) -> type[BaseHTTPRequestHandler]:
             if fault == "truncated":
                 body = body[: len(body) // 2]
             elif fault == "corrupt":
-                noise = np.random.default_rng(len(body)).integers(0, 256, max(0, len(body) - 64))
-                body = body[:64] + noise.astype(np.uint8).tobytes()
+                body = corrupt(body)
             if fault == "cut":
                 self.send_response(HTTPStatus.OK)
                 self.send_header("Content-Type", "image/jpeg")
