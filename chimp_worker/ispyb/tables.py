@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime
 
 from sqlalchemy import (
-    BINARY,
     TIMESTAMP,
     Computed,
     DateTime,
@@ -37,6 +36,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
     text,
 )
@@ -56,6 +56,11 @@ def int_(width: int = 11, *, unsigned: bool = False) -> TypeEngine[int]:
     return Integer().with_variant(
         mysql.INTEGER(display_width=width, unsigned=unsigned), *MYSQL_DIALECTS
     )
+
+
+def binary(length: int) -> TypeEngine[bytes]:
+    """``binary(length)`` on MariaDB; BLOB on SQLite (which has no fixed-length binary type)."""
+    return LargeBinary().with_variant(mysql.BINARY(length), *MYSQL_DIALECTS)
 
 
 def tinyint(width: int = 1, *, unsigned: bool = False) -> TypeEngine[int]:
@@ -92,7 +97,7 @@ class Proposal(Base):
     proposalCode: Mapped[str | None] = mapped_column(String(45))
     proposalNumber: Mapped[str | None] = mapped_column(String(45))
     proposalType: Mapped[str | None] = mapped_column(String(2), comment="Proposal type: MX, BX")
-    externalId: Mapped[bytes | None] = mapped_column(BINARY(16))
+    externalId: Mapped[bytes | None] = mapped_column(binary(16))
     state: Mapped[str | None] = mapped_column(
         Enum("Open", "Closed", "Cancelled", native_enum=True, create_constraint=False),
         server_default=text("'Open'"),
@@ -149,7 +154,7 @@ class BLSession(Base):
         tinyint(1),
         comment="indicates if session has Datacollections or XFE or EnergyScans attached",
     )
-    externalId: Mapped[bytes | None] = mapped_column(BINARY(16))
+    externalId: Mapped[bytes | None] = mapped_column(binary(16))
     archived: Mapped[int | None] = mapped_column(
         tinyint(1),
         server_default=text("0"),

@@ -1,0 +1,170 @@
+"""Alembic: two histories, detection of an existing ISPyB, idempotence, and models == migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner, Result
+from sqlalchemy import Connection, inspect, select
+
+from chimp_worker.cli import cli
+from chimp_worker.errors import DatabaseSchemaError
+from chimp_worker.ispyb import schema
+from chimp_worker.ispyb import tables as t
+from chimp_worker.ispyb.database import make_engine
+from chimp_worker.ispyb.worker_tables import WorkerBase
+
+WORKER_TABLES = set(WorkerBase.metadata.tables)
+CORE_TABLES = set(t.Base.metadata.tables)
+
+
+def differences(connection: Connection) -> dict[str, list[Any]]:
+    """Autogenerate's view of models vs database, per history (empty lists: they agree)."""
+    found = {}
+    for name, history in schema.HISTORIES.items():
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "compare_type": True,
+                "version_table": history.version_table,
+                "include_name": schema._include_name_for(history),
+            },
+        )
+        found[name] = compare_metadata(context, history.metadata)
+    return found
+
+
+def table_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_creates_everything_then_is_a_no_op(database_url: str) -> None:
+    first = schema.upgrade(database_url)
+    assert first.kind == "empty"
+    assert first.before == {"core": None, "worker": None}
+    assert first.after == schema.head_revisions()
+    assert table_names(database_url) >= CORE_TABLES | WORKER_TABLES
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            assert differences(connection) == {"core": [], "worker": []}
+            chimp_class = connection.scalar(
+                select(t.BLSampleImageAutoScoreClass.scoreClass).where(
+                    t.BLSampleImageAutoScoreClass.blSampleImageAutoScoreClassId == 6
+                )
+            )
+            assert chimp_class == "crystal"
+        second = schema.upgrade(database_url)
+        assert second.kind == "development"
+        assert not second.changed
+        with engine.connect() as connection:
+            assert connection.scalar(select(t.ContainerType.containerTypeId).limit(1)) == 1
+            assert len(connection.execute(select(t.ContainerType)).all()) == 3  # not re-seeded
+    finally:
+        engine.dispose()
+
+
+def test_create_all_matches_the_migrations(database_url: str) -> None:
+    schema.create_all(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            assert differences(connection) == {"core": [], "worker": []}
+            assert schema.current_revisions(connection) == schema.head_revisions()
+    finally:
+        engine.dispose()
+    assert not schema.upgrade(database_url).changed
+
+
+def reflected(url: str) -> dict[str, Any]:
+    """Columns, indexes and foreign keys of every table, as plain comparable data."""
+    engine = make_engine(url)
+    try:
+        inspector = inspect(engine)
+        return {
+            name: (
+                [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(name)],
+                sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(name)),
+                sorted(
+                    (tuple(f["constrained_columns"]), f["referred_table"])
+                    for f in inspector.get_foreign_keys(name)
+                ),
+            )
+            for name in inspector.get_table_names()
+        }
+    finally:
+        engine.dispose()
+
+
+def test_create_all_and_upgrade_reflect_identically_on_sqlite(tmp_path: Path) -> None:
+    migrated, created = f"sqlite:///{tmp_path / 'a.sqlite'}", f"sqlite:///{tmp_path / 'b.sqlite'}"
+    schema.upgrade(migrated, "all")
+    schema.create_all(created)
+    assert reflected(migrated) == reflected(created)
+
+
+def test_existing_ispyb_gets_only_the_worker_tables(database_url: str) -> None:
+    engine = make_engine(database_url)
+    with engine.begin() as connection:  # a facility database: core tables, none of ours
+        if connection.dialect.name == "mysql":
+            schema._create_tables_with_inline_indexes(connection, t.Base.metadata)  # faster
+        else:
+            t.Base.metadata.create_all(connection)
+    engine.dispose()
+
+    with pytest.raises(DatabaseSchemaError, match="existing ISPyB"):
+        schema.upgrade(database_url, "all")
+    with pytest.raises(DatabaseSchemaError, match="existing ISPyB"):
+        schema.upgrade(database_url, "core")
+    report = schema.upgrade(database_url)
+    assert report.kind == "ispyb"
+    assert report.after == {"core": None, "worker": schema.head_revisions()["worker"]}
+    names = table_names(database_url)
+    assert names >= WORKER_TABLES
+    assert schema.HISTORIES["core"].version_table not in names
+    assert not schema.upgrade(database_url, "worker").changed
+
+
+def test_partial_ispyb_is_refused(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    t.Base.metadata.create_all(engine, tables=[t.Position.__table__])
+    engine.dispose()
+    with pytest.raises(DatabaseSchemaError, match="neither empty nor a usable ISPyB"):
+        schema.upgrade(sqlite_url)
+
+
+def test_upgrade_sql_prints_ddl_without_running_it(sqlite_url: str) -> None:
+    ddl = schema.upgrade_sql(sqlite_url, "worker")
+    assert "CREATE TABLE chimp_image_result" in ddl
+    assert "CREATE TABLE BLSampleImage" not in ddl
+    assert table_names(sqlite_url) == set()
+
+
+def run_cli(*args: str, database_url: str) -> Result:
+    """In-process (a subprocess per call costs seconds on a shared machine)."""
+    return CliRunner().invoke(cli, ["--database-url", database_url, *args])
+
+
+def test_db_commands(sqlite_url: str) -> None:
+    heads = schema.head_revisions()
+    first = run_cli("db", "upgrade", database_url=sqlite_url)
+    assert first.exit_code == 0, first.output
+    assert f"core    empty -> {heads['core']}" in first.output
+    assert f"worker  empty -> {heads['worker']}" in first.output
+    again = run_cli("db", "upgrade", database_url=sqlite_url)
+    assert "nothing to do" in again.output
+    current = run_cli("db", "current", database_url=sqlite_url)
+    assert "(development)" in current.output
+    assert current.output.count("up to date") == 2
+    refused = run_cli("db", "upgrade", "--target", "nonsense", database_url=sqlite_url)
+    assert refused.exit_code == 2
+    assert "nonsense" in refused.output
