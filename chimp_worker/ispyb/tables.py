@@ -15,7 +15,8 @@ a foreign key between a signed and an unsigned column). Here:
   that point elsewhere (``Dewar``, ``Person``, ``ScheduleComponent``...) stay, unconstrained;
 - index names are unique across the database (SQLite's namespace is global): the one clash,
   ``BLSample``'s ``BLSampleImage_idx1``, is renamed ``BLSample_blSubSampleId_idx``;
-- ``Container.source`` loses its ``current_user()`` default, which SQLite cannot express;
+- ``Container.source`` and ``BLSample.source`` lose their ``current_user()`` default, which
+  SQLite cannot express;
 - ``Position.X/Y/Z`` are generated from ``posX/posY/posZ``: the ORM never writes them.
 
 These tables are created only in development, test and embedded databases (the ``core``
