@@ -6,7 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.rabbit import RabbitProbe
 from helpers.staff import KnownPlate, build_known_plate
+
+from chimp_worker.config import Settings
 
 
 @pytest.fixture
@@ -18,3 +21,26 @@ def known_plate(ispyb_url: str, tmp_path: Path) -> Iterator[KnownPlate]:
 @pytest.fixture
 def known_plate_sqlite(ispyb_sqlite_url: str, tmp_path: Path) -> Iterator[KnownPlate]:
     yield from build_known_plate(ispyb_sqlite_url, tmp_path / "images")
+
+
+@pytest.fixture
+def rabbit(amqp_url: str) -> Iterator[RabbitProbe]:
+    probe = RabbitProbe(amqp_url)
+    yield probe
+    probe.close()
+
+
+@pytest.fixture
+def queue_names(amqp_url: str, queue_prefix: str, rabbit: RabbitProbe) -> Iterator[dict[str, str]]:
+    """Settings overrides naming queues unique to this test; the queues are deleted after."""
+    names = {
+        "amqp_url": amqp_url,
+        "events_queue": f"{queue_prefix}.events",
+        "work_queue": f"{queue_prefix}.work",
+        "results_exchange": f"{queue_prefix}.results",
+        "results_queue": f"{queue_prefix}.results-ready",
+        "retry_initial_wait_s": 0.05,
+        "retry_max_wait_s": 0.2,
+    }
+    yield names
+    rabbit.delete(Settings(**names))

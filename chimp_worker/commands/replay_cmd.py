@@ -1,0 +1,242 @@
+"""``chimp-worker replay``: re-process backlogged inspections, by queue or in this process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from chimp_worker.cli import AppContext, pass_app
+
+if TYPE_CHECKING:
+    from rich.progress import Task
+    from rich.text import Text
+
+    from chimp_worker.replay import Backlog, ReplaySummary
+
+_DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
+
+
+@click.command()
+@click.option(
+    "--since", type=click.DateTime(_DATE_FORMATS), help="Completed at or after (local time)."
+)
+@click.option("--until", type=click.DateTime(_DATE_FORMATS), help="Completed before.")
+@click.option("--barcode", help="Only this plate.")
+@click.option(
+    "--inspection",
+    "inspection_ids",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="Only this ContainerInspection (repeatable).",
+)
+@click.option("--visit", help="Only plates of this visit, e.g. mx12345-6.")
+@click.option("--failed-only", is_flag=True, help="Only images whose last attempt failed.")
+@click.option(
+    "--model-changed",
+    is_flag=True,
+    help="Only images processed with other model files than configured now (by sha256).",
+)
+@click.option("--dry-run", is_flag=True, help="List the inspections and image counts; do nothing.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Process here with the daemon's pipeline instead of publishing work to the queue.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 288),
+    help="Images per work item [default: CHIMP_IMAGES_PER_WORK_ITEM].",
+)
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    default=0,
+    show_default=True,
+    help="Priority of the published work items (live inspections use 0 too).",
+)
+@pass_app
+def replay(
+    app: AppContext,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    barcode: str | None,
+    inspection_ids: tuple[int, ...],
+    visit: str | None,
+    failed_only: bool,
+    model_changed: bool,
+    dry_run: bool,
+    local: bool,
+    chunk_size: int | None,
+    priority: int,
+) -> None:
+    """Find Completed inspections with images that have no result, failed, or were processed
+    with other model files, and process them again.
+
+    By default the work is published to the work queue (publisher confirms) for the running
+    daemons; --local processes it here with the same pipeline code. The backlog is recomputed
+    from the database on every run, so after Ctrl-C or a crash the same command finishes the
+    rest, and results already written are never duplicated. Safe while daemons run.
+
+    \b
+    Example:
+      chimp-worker replay --dry-run                         # what is behind, nothing done
+      chimp-worker replay --since 2024-03-01 --failed-only  # queue the failed images again
+      chimp-worker replay --barcode CQX-0001 --local        # process one plate here
+      chimp-worker replay --visit mx12345-6 --model-changed # after installing new weights
+    """
+    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.log import configure_logging
+    from chimp_worker.replay import (
+        ReplayFilters,
+        ReplaySummary,
+        current_model_checksums,
+        find_backlog,
+    )
+
+    if dry_run and local:
+        raise click.UsageError("--dry-run and --local: pick one")
+    settings = app.settings()
+    configure_logging("WARNING", "console")  # the progress bar and summary speak for it
+    filters = ReplayFilters(
+        since=since,
+        until=until,
+        barcode=barcode,
+        inspection_ids=inspection_ids,
+        visit=visit,
+        failed_only=failed_only,
+        model_changed=model_changed,
+    )
+    size = chunk_size or settings.images_per_work_item
+    pipeline = None
+    if local:
+        from chimp_worker.pipeline import Pipeline
+
+        pipeline = Pipeline.from_settings(settings)
+        factory = pipeline.session_factory
+        checksums = frozenset(pipeline.model_checksums)
+        engine = None
+    else:
+        engine = make_engine(settings.database_url, settings.database_connect_args)
+        factory = make_session_factory(engine)
+        checksums = current_model_checksums(settings)
+    summary = ReplaySummary(mode="dry-run" if dry_run else "local" if local else "queue")
+    try:
+        backlog = find_backlog(factory, filters, checksums)
+        for missing in backlog.not_completed:
+            click.echo(f"warning: inspection {missing} is not a Completed inspection; skipped")
+        click.echo(_plan_text(backlog))
+        if dry_run or not backlog.inspections:
+            summary.inspections = len(backlog.inspections)
+            summary.images_planned = backlog.image_count
+            summary.skipped = backlog.images_matched - backlog.image_count
+        else:
+            _do_work(settings, factory, backlog, pipeline, size, priority, summary)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        click.echo(_summary_text(summary))
+        click.echo("interrupted: run the same command again to finish the rest", err=True)
+        sys.exit(130)
+    finally:
+        if pipeline is not None:
+            pipeline.close()
+        if engine is not None:
+            engine.dispose()
+    click.echo(_summary_text(summary))
+
+
+def _do_work(settings, factory, backlog, pipeline, size, priority, summary) -> None:  # type: ignore[no-untyped-def]
+    """Publish or process the backlog under a progress bar (images, rate, ETA)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    from chimp_worker.replay import process_backlog, publish_backlog, reopen_done_inspections
+
+    class RateColumn(ProgressColumn):
+        """Images per second, from rich's moving window."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("  -- img/s" if speed is None else f"{speed:6.2f} img/s")
+
+    reopen_done_inspections(factory, backlog)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as progress:
+        if pipeline is not None:
+            task = progress.add_task("processing", total=backlog.image_count)
+            process_backlog(
+                backlog,
+                pipeline,
+                chunk_size=size,
+                on_image=lambda _event: progress.advance(task),
+                summary=summary,
+            )
+        else:
+            from chimp_worker.broker import Publisher
+
+            task = progress.add_task("publishing", total=backlog.image_count)
+            with Publisher(settings, connection_name="chimp-worker replay") as publisher:
+                publish_backlog(
+                    backlog,
+                    publisher,
+                    chunk_size=size,
+                    priority=priority,
+                    on_item=lambda _inspection, chunk: progress.advance(task, len(chunk)),
+                    summary=summary,
+                )
+
+
+def _plan_text(backlog: Backlog) -> str:
+    """The inspections with work, one line each, and a total line."""
+    from chimp_worker.replay import FAILED, MODEL_CHANGED, UNPROCESSED
+
+    lines = [
+        f"{'inspection':>10}  {'barcode':<16} {'visit':<12} {'completed':<16} {'images':>6} "
+        f"{'todo':>5} {'unproc':>6} {'failed':>6} {'model':>5}  failure reasons"
+    ]
+    for item in backlog.inspections:
+        completed = item.completed.strftime("%Y-%m-%d %H:%M") if item.completed else "-"
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(item.failure_reasons.items()))
+        lines.append(
+            f"{item.containerInspectionId:>10}  {item.barcode or '-':<16} {item.visit or '-':<12} "
+            f"{completed:<16} {item.image_count:>6} {len(item.image_ids):>5} "
+            f"{len(item.work.get(UNPROCESSED, ())):>6} {len(item.work.get(FAILED, ())):>6} "
+            f"{len(item.work.get(MODEL_CHANGED, ())):>5}  {reasons}"
+        )
+    lines.append(
+        f"backlog: {len(backlog.inspections)} of {backlog.matched} matching inspections need "
+        f"work; {backlog.image_count} images ({backlog.count(UNPROCESSED)} unprocessed, "
+        f"{backlog.count(FAILED)} failed, {backlog.count(MODEL_CHANGED)} model changed)"
+    )
+    return "\n".join(lines)
+
+
+def _summary_text(summary: ReplaySummary) -> str:
+    failed = sum(summary.failed.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.failed.items()))
+    return (
+        f"summary ({summary.mode}{', interrupted' if summary.interrupted else ''}): "
+        f"inspections {summary.inspections}, images planned {summary.images_planned}, "
+        f"processed {summary.processed}, unchanged {summary.unchanged}, "
+        f"failed {failed}{f' ({reasons})' if reasons else ''}, skipped {summary.skipped}, "
+        f"work items published {summary.published}, "
+        f"inspections completed {summary.completed_inspections}"
+    )

@@ -1,0 +1,75 @@
+"""Replay through the real RabbitMQ: work items published with confirms, a daemon does them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers.analysers import PIXEL_STATS_MODEL, PixelStatsAnalyser
+from helpers.replay_world import build_world, expected_counts, row_counts
+from helpers.workers import start_worker
+
+from chimp_worker.broker import Publisher
+from chimp_worker.events import WorkItem, decode_event
+from chimp_worker.replay import (
+    ReplayFilters,
+    find_backlog,
+    publish_backlog,
+    reopen_done_inspections,
+)
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.mariadb]
+CURRENT = frozenset({PIXEL_STATS_MODEL.sha256})
+
+
+@pytest.fixture
+def ispyb_mariadb_url(mariadb_url: str) -> str:
+    from chimp_worker.ispyb.schema import create_all
+
+    create_all(mariadb_url)
+    return mariadb_url
+
+
+def test_queue_replay_brings_every_inspection_to_done_once(
+    ispyb_mariadb_url: str, tmp_path: Path, queue_names, rabbit
+):
+    world = build_world(ispyb_mariadb_url, tmp_path / "images", PixelStatsAnalyser(), **queue_names)
+    world.repair_corrupt_image()
+    backlog = find_backlog(world.factory, ReplayFilters(), CURRENT)
+    reopened = reopen_done_inspections(world.factory, backlog)
+    assert sorted(reopened) == sorted([world.a[1], world.b])
+
+    with Publisher(world.settings) as publisher:
+        summary = publish_backlog(backlog, publisher, chunk_size=2)
+        # A restarted replay publishes the same work again before any daemon took it.
+        publish_backlog(
+            find_backlog(world.factory, ReplayFilters(), CURRENT), publisher, chunk_size=2
+        )
+    assert (summary.inspections, summary.images_planned, summary.published) == (3, 7, 4)
+    queued = rabbit.take_all(world.settings.work_queue)
+    assert len(queued) == 8
+    items = [decode_event(message.body) for message in queued]
+    assert all(isinstance(item, WorkItem) for item in items)
+    assert {item.reason for item in items} == {
+        "replay-failed",
+        "replay-unprocessed",
+        "replay-model-changed",
+    }
+    with Publisher(world.settings) as publisher:  # put them back for the daemon
+        for item in items:
+            publisher.publish(item)
+
+    analyser = PixelStatsAnalyser()
+    worker = start_worker(world.settings, analyser, name="replay-test-worker", idle_exit_s=1.5)
+    worker.join(timeout_s=120)
+    assert worker.exit_codes == [0]
+
+    assert sum(analyser.calls.values()) == 7  # the duplicate items found nothing left to do
+    assert set(analyser.calls.values()) == {1}
+    assert row_counts(world.factory) == expected_counts(images=14, inspections=4)
+    assert rabbit.count(world.settings.work_queue) == 0
+    ready = [decode_event(m.body) for m in rabbit.take_all(world.settings.results_queue)]
+    assert sorted(event.containerInspectionId for event in ready) == sorted(
+        [world.a[1], world.a[2], world.b]
+    )
+    assert find_backlog(world.factory, ReplayFilters(), CURRENT).inspections == ()
