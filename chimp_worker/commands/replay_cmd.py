@@ -13,7 +13,10 @@ from chimp_worker.cli import AppContext, pass_app
 if TYPE_CHECKING:
     from rich.progress import Task
     from rich.text import Text
+    from sqlalchemy.orm import Session, sessionmaker
 
+    from chimp_worker.config import Settings
+    from chimp_worker.pipeline import Pipeline
     from chimp_worker.replay import Backlog, ReplaySummary
 
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
@@ -147,7 +150,15 @@ def replay(
     click.echo(_summary_text(summary))
 
 
-def _do_work(settings, factory, backlog, pipeline, size, priority, summary) -> None:  # type: ignore[no-untyped-def]
+def _do_work(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    backlog: Backlog,
+    pipeline: Pipeline | None,
+    size: int,
+    priority: int,
+    summary: ReplaySummary,
+) -> None:
     """Publish or process the backlog under a progress bar (images, rate, ETA)."""
     from rich.progress import (
         BarColumn,

@@ -1,0 +1,100 @@
+"""The SQL the README gives beamline staff runs on MariaDB and SQLite and returns what the
+database holds (values from ``helpers.staff.KNOWN``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def staff_queries() -> dict[str, str]:
+    """'-- staff: NAME' first line -> the SQL block, from the README's staff section."""
+    section = README.read_text(encoding="utf-8").split("## Results for beamline staff", 1)[1]
+    section = re.split(r"\n## ", section, maxsplit=1)[0]
+    blocks = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+    queries = {}
+    for block in blocks:
+        first, _, _ = block.partition("\n")
+        match = re.fullmatch(r"-- staff: (.+)", first.strip())
+        assert match, f"README SQL block without a '-- staff: name' line: {first!r}"
+        queries[match.group(1)] = block
+    return queries
+
+
+def run(known_plate, name: str) -> list[dict]:
+    with known_plate.session_factory() as session:
+        result = session.execute(text(staff_queries()[name]), {"barcode": "STAFF-001"})
+        return [dict(row) for row in result.mappings()]
+
+
+def test_the_readme_names_each_staff_query():
+    assert set(staff_queries()) == {
+        "latest result per drop",
+        "auto crystal targets",
+        "inspections of a plate",
+        "failed images",
+        "model files behind the results",
+    }
+
+
+def test_latest_result_per_drop(known_plate):
+    rows = run(known_plate, "latest result per drop")
+    latest = known_plate.plate.image_ids
+    assert [(int(r["location"]), r["blSampleImageId"], r["state"]) for r in rows] == [
+        (1, latest[(1, 1)], "done"),
+        (2, latest[(1, 2)], "done"),
+        (3, latest[(1, 3)], "done"),
+        (4, latest[(1, 4)], "done"),
+    ]
+    assert [r["pCrystal"] for r in rows] == pytest.approx([0.95, 0.2, 0.5, 0.05], abs=1e-6)
+    assert rows[0]["pClear"] == pytest.approx(0.0375, abs=1e-6)
+    assert [r["crystalCount"] for r in rows] == [3, 0, 1, 0]
+    assert [(r["dispenseStatus"], r["dispenseX"], r["dispenseY"]) for r in rows] == [
+        ("ok", 620.0, 480.0),
+        ("ok", 615.0, 525.0),
+        ("no drop", None, None),
+        ("ok", 630.0, 470.0),
+    ]
+
+
+def test_auto_crystal_targets(known_plate):
+    rows = run(known_plate, "auto crystal targets")
+    assert [(int(r["location"]), r["posX"], r["posY"]) for r in rows] == [
+        (1, 310.0, 405.0),
+        (1, 505.0, 455.0),
+        (1, 700.0, 300.0),
+        (3, 400.0, 400.0),
+    ]
+    assert {round(r["score"], 4) for r in rows} == {0.9}
+
+
+def test_inspections_of_a_plate(known_plate):
+    rows = run(known_plate, "inspections of a plate")
+    first, latest = known_plate.plate.inspection_ids
+    assert [
+        (r["containerInspectionId"], r["images"], int(r["done"]), int(r["failed"])) for r in rows
+    ] == [(first, 4, 2, 1), (latest, 4, 4, 0)]
+
+
+def test_failed_images(known_plate):
+    rows = run(known_plate, "failed images")
+    assert [(int(r["location"]), r["failureReason"]) for r in rows] == [(3, "image_corrupt")]
+    assert rows[0]["blSampleImageId"] == known_plate.plate.image_ids[(0, 3)]
+
+
+def test_model_files_behind_the_results(known_plate):
+    rows = run(known_plate, "model files behind the results")
+    first, latest = known_plate.plate.inspection_ids
+    assert [
+        (r["containerInspectionId"], r["role"], r["sha256"][:4], r["images"]) for r in rows
+    ] == [
+        (first, "classifier", "aaaa", 2),
+        (first, "xchem_detector", "bbbb", 2),
+        (latest, "classifier", "aaaa", 4),
+        (latest, "xchem_detector", "bbbb", 4),
+    ]
