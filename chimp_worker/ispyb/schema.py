@@ -13,6 +13,7 @@ not created by us) gets the worker history only; an empty or development databas
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 from collections.abc import Callable, Mapping
@@ -212,19 +213,12 @@ def upgrade_sql(url: str, target: Target = "worker") -> str:
     finally:
         engine.dispose()
     output = io.StringIO()
-    previous = os.environ.get("CHIMP_DATABASE_URL")
-    os.environ["CHIMP_DATABASE_URL"] = url
-    try:
-        for history in histories_for(target, kind):
-            config = alembic_config(history)
-            config.output_buffer = output
-            start = before[history]
-            command.upgrade(config, f"{start}:head" if start else "head", sql=True)
-    finally:
-        if previous is None:
-            os.environ.pop("CHIMP_DATABASE_URL", None)
-        else:
-            os.environ["CHIMP_DATABASE_URL"] = previous
+    for history in histories_for(target, kind):
+        config = alembic_config(history)
+        config.output_buffer = output
+        config.cmd_opts = argparse.Namespace(x=[f"url={url}"])  # read by the env's offline mode
+        start = before[history]
+        command.upgrade(config, f"{start}:head" if start else "head", sql=True)
     return output.getvalue()
 
 
