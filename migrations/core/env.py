@@ -1,6 +1,7 @@
 """Alembic environment of the ISPyB core subset: development, test and embedded databases only.
 
-Never applied to a real ISPyB (``chimp-worker db upgrade`` refuses); see chimp_worker/ispyb/schema.py.
+Never applied to a real ISPyB (``chimp-worker db upgrade`` refuses).
+See chimp_worker/ispyb/schema.py.
 """
 
 from chimp_worker.ispyb.schema import run_alembic_environment
