@@ -10,6 +10,7 @@ from typing import Any
 
 import pika
 
+from chimp_worker.broker import declare_topology
 from chimp_worker.config import Settings
 
 
@@ -43,6 +44,10 @@ class RabbitProbe:
                 return taken
             self._channel.basic_ack(method.delivery_tag)
             taken.append(QueuedMessage(body, dict(properties.headers or {}), properties.type))
+
+    def declare(self, settings: Settings) -> None:
+        """The worker's topology, so raw messages published before a worker starts are kept."""
+        declare_topology(self._connection.channel(), settings)
 
     def publish_raw(self, queue: str, body: bytes) -> None:
         self._channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from helpers.plates import plate_settings, small_plate
 from helpers.rabbit import RabbitProbe
+from helpers.workers import PlateWorld
 
 from chimp_worker.config import Settings
+from chimp_worker.ispyb.database import make_engine, make_session_factory
 
 
 @pytest.fixture
@@ -40,3 +44,26 @@ def ispyb_mariadb_url(mariadb_url: str) -> str:
 
     create_all(mariadb_url)
     return mariadb_url
+
+
+@pytest.fixture
+def world(ispyb_mariadb_url: str, tmp_path: Path, queue_settings: Settings) -> Iterator[PlateWorld]:
+    """Three wells of a CrystalQuickX plate (6 images), work items of 2 images."""
+    plate = small_plate(ispyb_mariadb_url, tmp_path / "images", wells=3)
+    settings = plate_settings(
+        ispyb_mariadb_url,
+        tmp_path / "images",
+        amqp_url=queue_settings.amqp_url,
+        events_queue=queue_settings.events_queue,
+        work_queue=queue_settings.work_queue,
+        results_exchange=queue_settings.results_exchange,
+        results_queue=queue_settings.results_queue,
+        retry_initial_wait_s=0.05,
+        retry_max_wait_s=0.2,
+        images_per_work_item=2,
+        inspection_visibility_retries=2,
+        grace_period_s=30.0,
+    )
+    engine = make_engine(ispyb_mariadb_url)
+    yield PlateWorld(settings, plate, make_session_factory(engine))
+    engine.dispose()

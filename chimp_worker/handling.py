@@ -1,0 +1,294 @@
+"""What happens to one message, decided on a worker thread from the error branch alone.
+
+- malformed event, unknown images, unknown inspection after bounded retries, any other
+  ``PermanentError``: copied to ``dlq.<queue>`` with ``x-chimp-reason`` / ``x-chimp-detail``
+  headers (confirmed), then acked;
+- ``TransientError`` (database): the unit is retried with jittered back-off, then requeued;
+  the queue's delivery limit stops a message that never succeeds;
+- an inspection event is planned into work items of ``images_per_work_item`` images that
+  still need work, published with confirms, then acked; a work item goes through
+  ``Pipeline.process`` and is acked after the commit; the one worker that completes an
+  inspection publishes results-ready (confirms + ``mandatory``).
+
+The handler never touches pika: it publishes through the ``publish`` function it is given
+(the daemon hands that to its I/O thread) and returns an ``Action`` for the I/O thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+import structlog
+import tenacity
+
+from chimp_worker.broker import Delivery, dead_letter_headers, dead_letter_queue
+from chimp_worker.config import Settings
+from chimp_worker.errors import (
+    BrokerUnavailableError,
+    ChimpError,
+    DatabaseUnavailableError,
+    EventError,
+    InspectionNotVisibleError,
+    PermanentError,
+    TransientError,
+    UnknownInspectionError,
+    UnroutableMessageError,
+)
+from chimp_worker.events import (
+    CONTENT_TYPE,
+    Event,
+    InspectionCompleted,
+    WorkItem,
+    decode_event,
+    plan_work_items,
+    results_ready_now,
+)
+from chimp_worker.log import get_logger
+from chimp_worker.metrics import WorkerMetrics
+from chimp_worker.pipeline import ImageProgress, Pipeline, WorkOutcome
+
+log = get_logger(__name__)
+
+RESULTS_READY_ATTEMPTS = 10
+T = TypeVar("T")
+
+
+class Action(enum.StrEnum):
+    """What the I/O thread does with a finished message (also the metrics outcome label)."""
+
+    ACKED = "acked"
+    DEAD_LETTERED = "dead_lettered"  # copied to the DLQ with its reason, then acked
+    REQUEUED = "requeued"
+
+
+class WorkAbandonedError(Exception):
+    """The shutdown grace period ran out: stop at the next image boundary (not an error)."""
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Full-jitter exponential back-off: uniform in [0, min(max, initial * 2**attempt)]."""
+    return rng.uniform(0, min(max_s, initial_s * 2 ** min(attempt, 30)))
+
+
+class Publish(Protocol):
+    """Publish with confirm + mandatory, blocking until the broker confirms (thread-safe)."""
+
+    def __call__(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        event_type: str | None,
+        headers: Mapping[str, Any] | None,
+        message_id: str | None,
+        priority: int | None,
+        content_type: str | None,
+        session_id: int | None,
+    ) -> None: ...
+
+
+class MessageHandler:
+    """Turns one delivery into rows, work items or a dead letter, and says how to settle it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        metrics: WorkerMetrics,
+        publish: Publish,
+        *,
+        stopping: threading.Event,
+        abandon: threading.Event,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self._publish_body = publish
+        self._stopping = stopping  # a stop was requested: stop retrying
+        self._abandon = abandon  # the grace period ran out: stop at the next image
+        self._rng = rng or random.Random()
+
+    def handle(self, delivery: Delivery) -> Action:
+        """Decode, then plan or process; returns what the I/O thread must do with it."""
+        try:
+            event = decode_event(delivery.body)
+        except EventError as error:
+            return self._dead_letter(delivery, error)
+        expected: type[Event] = (
+            InspectionCompleted if delivery.queue == self.settings.events_queue else WorkItem
+        )
+        if not isinstance(event, expected):
+            return self._dead_letter(
+                delivery,
+                EventError(
+                    f"a {event.event_type} event does not belong on queue {delivery.queue}",
+                    reason="event_wrong_queue",
+                ),
+            )
+        with structlog.contextvars.bound_contextvars(inspection_id=event.containerInspectionId):
+            try:
+                if isinstance(event, InspectionCompleted):
+                    return self._plan(delivery, event)
+                return self._work(delivery, event)  # type: ignore[arg-type]
+            except InspectionNotVisibleError as error:
+                retries = self.settings.inspection_visibility_retries
+                return self._dead_letter(
+                    delivery,
+                    UnknownInspectionError(f"{error} after {retries} retries"),
+                )
+            except TransientError as error:
+                log.warning("message_requeued", reason=error.reason, detail=str(error))
+                return Action.REQUEUED
+            except PermanentError as error:
+                return self._dead_letter(delivery, error)
+
+    def _plan(self, delivery: Delivery, event: InspectionCompleted) -> Action:
+        """Split an inspection into work items for the images that still need work."""
+        image_ids = self.retry(
+            lambda: self.pipeline.plan(event.containerInspectionId, event.blSampleImageIds)
+        )
+        items = plan_work_items(event, image_ids, self.settings.images_per_work_item)
+        for item in items:
+            self._publish(item, session_id=delivery.session_id)
+        if not items:  # nothing left to do: the completion may still be owed
+            outcome = self.retry(lambda: self.pipeline.process(event.containerInspectionId, []))
+            self._announce(outcome)
+        log.info("inspection_planned", work_items=len(items), images=len(image_ids))
+        return Action.ACKED
+
+    def _work(self, delivery: Delivery, item: WorkItem) -> Action:
+        def progress(update: ImageProgress) -> None:
+            self.metrics.images.labels(update.outcome).inc()
+            if update.outcome == "failed" and update.reason:
+                self.metrics.failures.labels(update.reason).inc()
+            if update.outcome in ("done", "unchanged", "failed"):
+                self.metrics.image_seconds.observe(update.seconds)
+            if self._abandon.is_set():
+                raise WorkAbandonedError
+
+        outcome = self.retry(
+            lambda: self.pipeline.process(
+                item.containerInspectionId, item.blSampleImageIds, progress
+            )
+        )
+        self._announce(outcome)
+        return Action.ACKED
+
+    def _announce(self, outcome: WorkOutcome) -> None:
+        """Publish results-ready for the one caller that completed the inspection."""
+        if not outcome.completed_inspection:
+            return
+        event = results_ready_now(
+            outcome.inspection_id, outcome.image_count, outcome.analyser, outcome.schema_name
+        )
+        for attempt in range(RESULTS_READY_ATTEMPTS):
+            try:
+                self._publish(
+                    event,
+                    exchange=self.settings.results_exchange,
+                    routing_key=self.settings.results_routing_key,
+                )
+                log.info("results_ready_published", images=outcome.image_count)
+                return
+            except UnroutableMessageError as error:
+                log.error("results_ready_unroutable", detail=str(error))
+                return
+            except BrokerUnavailableError as error:
+                if self._abandon.is_set():
+                    break
+                log.warning("results_ready_publish_retry", attempt=attempt + 1, error=str(error))
+                self._abandon.wait(self.delay(attempt))
+        log.error(
+            "results_ready_not_published",
+            detail="the inspection is complete in the database; republish with replay",
+        )
+
+    def _dead_letter(self, delivery: Delivery, error: ChimpError) -> Action:
+        """Copy the message to its DLQ with the reason in headers (confirmed), then ack it."""
+        log.error("message_dead_lettered", reason=error.reason, detail=str(error))
+        self.metrics.failures.labels(error.reason).inc()
+        try:
+            self._publish_body(
+                delivery.body,
+                exchange="",
+                routing_key=dead_letter_queue(delivery.queue),
+                event_type=delivery.properties.get("type"),
+                headers=dead_letter_headers(delivery, error.reason, str(error)),
+                message_id=delivery.message_id,
+                priority=None,
+                content_type=delivery.properties.get("content_type"),
+                session_id=delivery.session_id,
+            )
+        except BrokerUnavailableError:
+            return Action.REQUEUED  # stale anyway: the redelivery will be dead-lettered
+        return Action.DEAD_LETTERED
+
+    def _publish(
+        self,
+        event: Event,
+        *,
+        session_id: int | None = None,
+        exchange: str = "",
+        routing_key: str | None = None,
+    ) -> None:
+        self._publish_body(
+            event.encode(),
+            exchange=exchange,
+            routing_key=routing_key or self.settings.work_queue,
+            event_type=event.event_type,
+            headers=None,
+            message_id=None,
+            priority=getattr(event, "priority", None),
+            content_type=CONTENT_TYPE,
+            session_id=session_id,
+        )
+
+    def retry(self, unit: Callable[[], T]) -> T:
+        """Run a unit of work, retrying transient errors with jittered back-off.
+
+        Database errors get ``database_retry_attempts`` tries, an inspection that is not
+        visible yet ``inspection_visibility_retries`` more; a stop request ends the retries.
+        """
+        settings = self.settings
+
+        def give_up(state: tenacity.RetryCallState) -> bool:
+            error = state.outcome.exception() if state.outcome else None
+            limit = (
+                settings.inspection_visibility_retries + 1
+                if isinstance(error, InspectionNotVisibleError)
+                else settings.database_retry_attempts
+            )
+            return state.attempt_number >= limit or self._stopping.is_set()
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, DatabaseUnavailableError):
+                self.metrics.database_retries.inc()
+            log.warning(
+                "unit_retrying",
+                attempt=state.attempt_number,
+                reason=getattr(error, "reason", None),
+                detail=str(error),
+            )
+
+        retrying = tenacity.Retrying(
+            stop=give_up,
+            wait=lambda state: self.delay(state.attempt_number - 1),
+            retry=tenacity.retry_if_exception_type(TransientError),
+            sleep=self._stopping.wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(unit)
+
+    def delay(self, attempt: int) -> float:
+        initial = self.settings.retry_initial_wait_s
+        return (
+            backoff_delay(attempt, initial, self.settings.retry_max_wait_s, self._rng) + initial / 2
+        )
