@@ -53,6 +53,14 @@ def worker_container(rendered: list[dict[str, Any]]) -> dict[str, Any]:
     return container
 
 
+def messages_held_per_worker(config: dict[str, str]) -> int:
+    """The daemon's work-queue prefetch: ``prefetch * concurrency`` (daemon.py)."""
+    settings = Settings(
+        prefetch=int(config["CHIMP_PREFETCH"]), concurrency=int(config["CHIMP_CONCURRENCY"])
+    )
+    return settings.prefetch * settings.concurrency
+
+
 def secret_example() -> dict[str, str]:
     secrets = {s["metadata"]["name"]: s for s in load_yaml_documents(KUBERNETES / EXAMPLES[0])}
     return secrets["chimp-worker"]["stringData"]
@@ -136,8 +144,8 @@ def test_scaledobject_counts_ready_and_unacknowledged_work_on_the_configured_que
         assert metadata["protocol"] == "http"
         assert metadata["mode"] == "QueueLength"
         assert metadata.get("excludeUnacknowledged", "false") == "false"
-        # One worker holds CHIMP_PREFETCH messages: a busy worker counts as one replica.
-        assert metadata["value"] == config["CHIMP_PREFETCH"]
+        # A busy worker holds prefetch x concurrency work messages: it counts as one replica.
+        assert int(metadata["value"]) == messages_held_per_worker(config)
         auth = trigger["authenticationRef"]["name"]
         assert auth == by_kind(rendered, "TriggerAuthentication")["metadata"]["name"]
         queues[trigger["name"]] = metadata["queueName"]
@@ -154,9 +162,8 @@ def test_replicas_the_scaledobject_asks_for_never_drop_below_the_busy_workers(
 ) -> None:
     """KEDA's QueueLength arithmetic: replicas = ceil((ready + unacked) / value)."""
     value = float(by_kind(rendered, "ScaledObject")["spec"]["triggers"][0]["metadata"]["value"])
-    prefetch = int(config["CHIMP_PREFETCH"])
     for busy_workers in range(1, 9):
-        unacked = busy_workers * prefetch
+        unacked = busy_workers * messages_held_per_worker(config)
         assert math.ceil((0 + unacked) / value) == busy_workers
         assert math.ceil((5 + unacked) / value) > busy_workers
 
