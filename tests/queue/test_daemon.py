@@ -17,11 +17,35 @@ from helpers.workers import (
     score_rows_per_image,
     wait_until,
 )
+from sqlalchemy import func, select
 
 from chimp_worker.broker import HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_QUEUE, Publisher
 from chimp_worker.events import InspectionCompleted, WorkItem
+from chimp_worker.ispyb import tables as t
+from chimp_worker.ispyb.worker_tables import ChimpImageResult
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mariadb]
+
+
+def auto_targets_per_image(world: PlateWorld) -> tuple[dict[int, int], dict[int, int]]:
+    """(crystal targets the worker recorded, source='auto' BLSubSample rows) per image."""
+    with world.factory() as session:
+        counts = dict(
+            session.execute(
+                select(ChimpImageResult.blSampleImageId, ChimpImageResult.crystalCount).where(
+                    ChimpImageResult.blSampleImageId.in_(world.image_ids)
+                )
+            ).all()
+        )
+        subsamples = dict(
+            session.execute(
+                select(t.BLSubSample.blSampleImageId, func.count())
+                .where(t.BLSubSample.source == "auto")
+                .where(t.BLSubSample.blSampleImageId.in_(world.image_ids))
+                .group_by(t.BLSubSample.blSampleImageId)
+            ).all()
+        )
+    return counts, {image_id: subsamples.get(image_id, 0) for image_id in world.image_ids}
 
 
 def drained(rabbit: RabbitProbe, world: PlateWorld) -> bool:
@@ -34,14 +58,18 @@ def test_an_inspection_event_ends_with_every_image_written_and_one_results_ready
 ) -> None:
     with Publisher(world.settings) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=world.inspection_id))
-    with running_workers() as start:
-        worker = start(world.settings, PixelStatsAnalyser(), name="w1", idle_exit_s=1.5)
+    with running_workers() as start:  # the weight-free baseline analyser, from settings
+        worker = start(world.settings, None, name="w1", idle_exit_s=1.5)
         worker.join()
     assert worker.exit_codes == [0]
+    assert worker.pipeline.analyser.name == "baseline"
     assert image_states(world.factory, world.inspection_id) == {
         image_id: ("done", None) for image_id in world.image_ids
     }
     assert score_rows_per_image(world.factory, world.image_ids) == dict.fromkeys(world.image_ids, 4)
+    targets, subsamples = auto_targets_per_image(world)
+    assert subsamples == targets
+    assert sum(targets.values()) > 0  # the plate has crystal drops the baseline finds
     assert inspection_state(world.factory, world.inspection_id) == "done"
     [ready] = rabbit.take_all(world.settings.results_queue)
     assert ready.message_type == "inspection.results-ready"
@@ -66,12 +94,12 @@ def test_the_same_event_published_twice_gives_identical_rows_and_one_results_rea
         publisher.publish(event)
         publisher.publish(event)
     with running_workers() as start:
-        start(world.settings, PixelStatsAnalyser(), name="w1", idle_exit_s=1.5).join()
+        start(world.settings, None, name="w1", idle_exit_s=1.5).join()
     first = snapshot(world.factory)
     with Publisher(world.settings) as publisher:
         publisher.publish(event)
     with running_workers() as start:
-        again = start(world.settings, PixelStatsAnalyser(), name="w2", idle_exit_s=1.5)
+        again = start(world.settings, None, name="w2", idle_exit_s=1.5)
         again.join()
     assert snapshot(world.factory) == first
     assert again.metrics.value("chimp_events_published_total", type="work.item") == 0

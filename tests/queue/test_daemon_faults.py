@@ -173,7 +173,7 @@ def test_chimp_worker_run_exits_zero_on_sigterm_and_the_plate_still_completes_on
         for name, value in settings.model_dump(mode="json").items()
         if value is not None
     }
-    env["CHIMP_IMAGES_PER_WORK_ITEM"] = "1"
+    env["CHIMP_IMAGES_PER_WORK_ITEM"] = "6"  # one work item: SIGTERM lands mid-message
     publish(world, InspectionCompleted(containerInspectionId=world.inspection_id))
     process = worker_process(env)
     output: list[str] = []
@@ -193,6 +193,8 @@ def test_chimp_worker_run_exits_zero_on_sigterm_and_the_plate_still_completes_on
     text = "".join(output)
     assert process.returncode == 0, text[-3000:]
     assert '"worker_stopped"' in text
+    stopping = next(json.loads(line) for line in text.splitlines() if '"worker_stopping"' in line)
+    assert stopping["messages_in_hand"] == 1
     with running_workers() as start:
         start(settings, None, name="after", idle_exit_s=1.5).join()
     assert image_states(world.factory, world.inspection_id) == all_done(world)
