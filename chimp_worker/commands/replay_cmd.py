@@ -24,9 +24,14 @@ _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d
 
 @click.command()
 @click.option(
-    "--since", type=click.DateTime(_DATE_FORMATS), help="Completed at or after (local time)."
+    "--since",
+    type=click.DateTime(_DATE_FORMATS),
+    metavar="DATE",
+    help="Completed at or after this time: YYYY-MM-DD[ HH:MM[:SS]], as stored in ISPyB.",
 )
-@click.option("--until", type=click.DateTime(_DATE_FORMATS), help="Completed before.")
+@click.option(
+    "--until", type=click.DateTime(_DATE_FORMATS), metavar="DATE", help="Completed before."
+)
 @click.option("--barcode", help="Only this plate.")
 @click.option(
     "--inspection",

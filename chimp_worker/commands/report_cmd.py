@@ -60,21 +60,20 @@ def report(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from chimp_worker.errors import ConfigError
     from chimp_worker.ispyb import queries
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.report import write_html, write_png
-    from chimp_worker.report.build import ImageLoader, build_plate_report
+    from chimp_worker.report.build import ImageLoader, build_plate_report, make_image_loader
 
     settings = app.settings()
     out = out or Path(f"plate-{_safe_name(barcode)}.html")
     loader: ImageLoader | None = None
     if not no_images:
-        from chimp_worker.images import make_image_source
-
-        source = make_image_source(settings)
-
-        def loader(path: str, image_id: int):  # type: ignore[no-untyped-def]
-            return source.fetch(path, image_id).pixels
+        try:
+            loader = make_image_loader(settings, thumbnail_size)
+        except ConfigError as error:
+            click.echo(f"note: drop pictures left out: {error}", err=True)
 
     engine = make_engine(settings.database_url, settings.database_connect_args)
     try:

@@ -8,12 +8,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.analysis import BASELINE_SCHEMA
-from chimp_worker.errors import ImageError
+from chimp_worker.errors import (
+    ImageCorruptError,
+    ImageError,
+    ImageMissingError,
+    ImageTooLargeError,
+)
 from chimp_worker.ispyb.queries import (
     DropResult,
     InspectionSummary,
@@ -32,10 +39,62 @@ from chimp_worker.report.model import (
 )
 from chimp_worker.report.thumbnails import thumbnail_data_uri
 
+if TYPE_CHECKING:
+    from chimp_worker.config import Settings
+
 log = get_logger(__name__)
 
-# (imageFullPath, blSampleImageId) -> RGB pixels; raises ImageError when it cannot be used.
-ImageLoader = Callable[[str, int], np.ndarray]
+
+@dataclass(frozen=True)
+class Picture:
+    """A drop picture for the report: pixels (maybe reduced) and the original image size."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+
+
+# (imageFullPath, blSampleImageId) -> Picture; raises ImageError when it cannot be used.
+ImageLoader = Callable[[str, int], Picture]
+
+
+def make_image_loader(settings: Settings, max_side: int) -> ImageLoader:
+    """Read pictures the way the worker does (roots, path map, HTTP template, limits).
+
+    From a filesystem source a JPEG is decoded at a reduced scale (libjpeg's DCT scaling via
+    Pillow's ``draft``): about ten times faster than a full decode, which matters for a
+    report of 288 drops times several inspections. Over HTTP the full image is fetched.
+    """
+    from chimp_worker.images import FilesystemSource, make_image_source
+
+    source = make_image_source(settings)
+    if not isinstance(source, FilesystemSource):
+
+        def fetch(path: str, image_id: int) -> Picture:
+            decoded = source.fetch(path, image_id)
+            return Picture(decoded.pixels, decoded.width, decoded.height)
+
+        return fetch
+
+    def read_reduced(path: str, image_id: int) -> Picture:
+        del image_id
+        local = source.local_path(path)
+        try:
+            with Image.open(local) as picture:
+                width, height = picture.size
+                if width * height > settings.image_max_pixels:
+                    raise ImageTooLargeError(f"{path}: {width} x {height} pixels is too large")
+                picture.draft("RGB", (max_side, max_side))
+                pixels = np.asarray(picture.convert("RGB"))
+        except FileNotFoundError:
+            raise ImageMissingError(f"{path}: no such file ({local})") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+            raise ImageCorruptError(f"{path}: {error}") from None
+        except OSError as error:
+            raise ImageCorruptError(f"{path}: {error}") from None
+        return Picture(pixels, width, height)
+
+    return read_reduced
 
 
 @dataclass
@@ -54,7 +113,7 @@ def _drop_report(
     image_uri = None
     if load_image is not None and drop.imageFullPath and drop.blSampleImageId is not None:
         try:
-            pixels = load_image(drop.imageFullPath, drop.blSampleImageId)
+            picture = load_image(drop.imageFullPath, drop.blSampleImageId)
         except ImageError as error:
             counters.unreadable += 1
             log.warning(
@@ -64,8 +123,8 @@ def _drop_report(
                 detail=str(error),
             )
         else:
-            image_uri = thumbnail_data_uri(pixels, max_side=thumbnail_size)
-            height, width = int(pixels.shape[0]), int(pixels.shape[1])
+            image_uri = thumbnail_data_uri(picture.pixels, max_side=thumbnail_size)
+            width, height = picture.width, picture.height
             counters.embedded += 1
     dispense = None
     if drop.dispenseStatus is not None:
