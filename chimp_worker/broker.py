@@ -17,6 +17,7 @@ declared and a broker policy supplies the rest (the facility convention).
 
 from __future__ import annotations
 
+import logging
 import ssl
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -60,6 +61,13 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+
+
+def quiet_pika_logging() -> None:
+    """pika logs every failed connect or lost connection at ERROR, with a traceback, from
+    several modules; the worker logs one line per failure itself (with pika's error), so in
+    a daemon pika is held to CRITICAL."""
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def dead_letter_queue(queue: str) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 
 import structlog
 
-from chimp_worker.broker import BrokerSession, Delivery
+from chimp_worker.broker import BrokerSession, Delivery, quiet_pika_logging
 from chimp_worker.config import Settings
 from chimp_worker.errors import (
     BrokerUnavailableError,
@@ -219,8 +219,9 @@ class Daemon:
                     self._run_session()
                     attempt = 0
                 except BrokerUnavailableError as error:
-                    self._lose_session(error)
-                    self._sleep(self._delay(attempt))
+                    delay = self._delay(attempt)
+                    self._lose_session(error, retry_in_s=delay)
+                    self._sleep(delay)
                     attempt += 1
             self._shutdown()
         finally:
@@ -354,13 +355,18 @@ class Daemon:
             session.ack(delivery.delivery_tag)
         self.metrics.messages.labels(entry.kind, str(settlement.action)).inc()
 
-    def _lose_session(self, error: BrokerUnavailableError) -> None:
+    def _lose_session(self, error: BrokerUnavailableError, retry_in_s: float | None = None) -> None:
         session, self._session = self._session, None
         if session is not None:
             session.close()
         self.metrics.reconnects.inc()
         stale = sum(1 for key in self._in_flight if session and key[0] == session.session_id)
-        log.warning("broker_session_lost", error=str(error), messages_in_hand=stale)
+        log.warning(
+            "broker_unavailable",
+            error=str(error),
+            messages_in_hand=stale,
+            retry_in_s=None if retry_in_s is None else round(retry_in_s, 2),
+        )
         self._fail_publish_requests(error)
 
     def _fail_publish_requests(self, error: BrokerUnavailableError) -> None:
@@ -503,6 +509,7 @@ def run_daemon(
     idle_exit_s: float | None = None,
 ) -> int:
     """``chimp-worker run``: build the pipeline, consume until a signal or a limit; exit 0."""
+    quiet_pika_logging()
     pipeline = Pipeline.from_settings(settings)
     try:
         daemon = Daemon(settings, pipeline, max_messages=max_messages, idle_exit_s=idle_exit_s)

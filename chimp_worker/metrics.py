@@ -69,7 +69,9 @@ class WorkerMetrics:
                 registry=registry,
             ),
             reconnects=Counter(
-                "chimp_broker_reconnects", "Broker sessions lost and re-opened", registry=registry
+                "chimp_broker_reconnects",
+                "Broker connections lost or refused (each then retried)",
+                registry=registry,
             ),
             database_retries=Counter(
                 "chimp_database_retries",
