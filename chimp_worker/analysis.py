@@ -57,6 +57,7 @@ class Detection:
     mask: np.ndarray | None  # bool (H, W) of the original image; None once persisted
     mask_area: int  # pixels of the original image
     centroid: tuple[int, int] | None  # rounded centre of mass (x, y); None for an empty mask
+    model_role: str | None = None  # the ModelRef.role that found it, e.g. "xchem_detector"
 
 
 @dataclass(frozen=True)
