@@ -137,6 +137,9 @@ class MessageHandler:
                     return self._plan(delivery, event)
                 return self._work(delivery, event)  # type: ignore[arg-type]
             except InspectionNotVisibleError as error:
+                if self._stopping.is_set():  # retries cut short by a shutdown: not its fault
+                    log.warning("message_requeued", reason=error.reason, detail=str(error))
+                    return Action.REQUEUED
                 retries = self.settings.inspection_visibility_retries
                 return self._dead_letter(
                     delivery,

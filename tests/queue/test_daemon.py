@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import structlog
 from helpers.analysers import PixelStatsAnalyser
 from helpers.ispyb_rows import snapshot
+from helpers.plates import small_plate
 from helpers.rabbit import RabbitProbe
 from helpers.workers import (
     PlateWorld,
@@ -203,3 +205,30 @@ def test_max_messages_stops_after_that_many_and_leaves_the_rest_queued(
     done = [s for s, _ in image_states(world.factory, world.inspection_id).values() if s == "done"]
     assert len(done) == 2
     wait_until(lambda: rabbit.count(world.settings.work_queue) == 2, 10, "2 work items queued")
+
+
+def test_an_inspection_committed_after_its_event_is_planned_once_it_becomes_visible(
+    world: PlateWorld, rabbit: RabbitProbe, tmp_path: Path
+) -> None:
+    settings = world.settings.model_copy(
+        update={
+            "inspection_visibility_retries": 8,
+            "retry_initial_wait_s": 0.5,
+            "retry_max_wait_s": 1.0,
+        }
+    )
+    late_id = world.inspection_id + 1  # the next inspection the imager will write
+    with Publisher(settings) as publisher:
+        publisher.publish(InspectionCompleted(containerInspectionId=late_id))
+    with structlog.testing.capture_logs() as logs, running_workers() as start:
+        worker = start(settings, PixelStatsAnalyser(), name="w1", idle_exit_s=1.5)
+        wait_until(lambda: any(e["event"] == "unit_retrying" for e in logs), 20, "a retry")
+        late = small_plate(settings.database_url, tmp_path / "images", barcode="LATE-1", wells=1)
+        worker.join()
+    assert late.latest.containerInspectionId == late_id
+    assert image_states(world.factory, late_id) == {
+        image_id: ("done", None) for image_id in late.latest.blSampleImageIds
+    }
+    assert rabbit.count(f"dlq.{settings.events_queue}") == 0
+    [ready] = rabbit.take_all(settings.results_queue)
+    assert ready.json["containerInspectionId"] == late_id

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import MySQLdb
 import pytest
+import structlog
 from helpers.analysers import PixelStatsAnalyser
 from helpers.rabbit import RabbitProbe, close_broker_connection
 from helpers.workers import (
@@ -201,16 +202,14 @@ def test_chimp_worker_run_exits_zero_on_sigterm_and_the_plate_still_completes_on
     assert len(rabbit.take_all(settings.results_queue)) == 1
 
 
-def test_a_lock_wait_timeout_is_retried_with_back_off_and_the_unit_succeeds(
+def test_a_lock_wait_timeout_is_retried_then_requeued_and_succeeds_once_the_lock_goes(
     world: PlateWorld, rabbit: RabbitProbe
 ) -> None:
     """Another transaction holds the image row: MariaDB error 1205 until it lets go."""
     settings = world.settings.model_copy(
         update={
             "database_connect_args": {"init_command": "SET innodb_lock_wait_timeout=1"},
-            "retry_initial_wait_s": 0.2,
-            "retry_max_wait_s": 0.5,
-            "database_retry_attempts": 8,
+            "database_retry_attempts": 2,
         }
     )
     first = world.image_ids[0]
@@ -226,16 +225,24 @@ def test_a_lock_wait_timeout_is_retried_with_back_off_and_the_unit_succeeds(
     cursor.execute("BEGIN")
     cursor.execute("SELECT * FROM BLSampleImage WHERE blSampleImageId = %s FOR UPDATE", (first,))
     publish(world, WorkItem(containerInspectionId=world.inspection_id, blSampleImageIds=(first,)))
-    with running_workers() as start:
+    with structlog.testing.capture_logs() as logs, running_workers() as start:
         worker = start(settings, PixelStatsAnalyser(), name="locked", idle_exit_s=1.0)
+        metrics = worker.metrics
         wait_until(
-            lambda: worker.metrics.value("chimp_database_retries_total") >= 1, 30, "a DB retry"
+            lambda: metrics.value("chimp_messages_total", queue="work", outcome="requeued") >= 1,
+            30,
+            "the unit requeued after its retries",
         )
         blocker.rollback()
         blocker.close()
         worker.join(60)
-    assert worker.metrics.value("chimp_messages_total", queue="work", outcome="acked") == 1
+    assert metrics.value("chimp_database_retries_total") >= 1
+    assert metrics.value("chimp_messages_total", queue="work", outcome="acked") == 1
     assert image_states(world.factory, world.inspection_id) == {first: ("done", None)}
+    retried = [entry for entry in logs if entry["event"] == "unit_retrying"]
+    assert retried[0]["reason"] == "database_unavailable"
+    assert "1205" in retried[0]["detail"]
+    assert rabbit.count(f"dlq.{settings.work_queue}") == 0
 
 
 def test_the_daemon_reports_ready_pings_the_watchdog_and_serves_healthz(
