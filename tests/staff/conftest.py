@@ -6,10 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from helpers.rabbit import RabbitProbe
 from helpers.staff import KnownPlate, build_known_plate
 
 from chimp_worker.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Commands configure structlog onto the test's captured stderr; undo that afterwards."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
