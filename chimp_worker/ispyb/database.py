@@ -21,6 +21,14 @@ from chimp_worker.errors import DatabaseUnavailableError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MYSQL_POOL_RECYCLE_S = 1800
+# Without socket timeouts a server that vanishes without a reset (power loss, partition) hangs
+# a worker thread in recv() for ever while its I/O loop still looks alive. Reads allow for
+# InnoDB's default 50 s lock wait; every setting can be overridden by database_connect_args.
+MYSQL_SOCKET_TIMEOUTS_S: Mapping[str, int] = {
+    "connect_timeout": 10,
+    "read_timeout": 60,
+    "write_timeout": 60,
+}
 
 # MariaDB/MySQL client and server error codes that mean "try the same thing again later".
 TRANSIENT_MYSQL_CODES: Mapping[int, str] = {
@@ -46,6 +54,8 @@ def make_engine(url: str, connect_args: Mapping[str, Any] | None = None) -> Engi
         engine = create_engine(url, connect_args=args, pool_pre_ping=True)
         _configure_sqlite(engine, in_memory=parsed.database in (None, "", ":memory:"))
         return engine
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        args = {**MYSQL_SOCKET_TIMEOUTS_S, **args}
     return create_engine(
         url,
         connect_args=args,
