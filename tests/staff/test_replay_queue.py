@@ -18,7 +18,7 @@ from chimp_worker.replay import (
     reopen_done_inspections,
 )
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.mariadb]
+pytestmark = pytest.mark.rabbitmq
 CURRENT = frozenset({PIXEL_STATS_MODEL.sha256})
 
 
@@ -30,6 +30,7 @@ def ispyb_mariadb_url(mariadb_url: str) -> str:
     return mariadb_url
 
 
+@pytest.mark.mariadb
 def test_queue_replay_brings_every_inspection_to_done_once(
     ispyb_mariadb_url: str, tmp_path: Path, queue_names, rabbit
 ):
@@ -73,3 +74,37 @@ def test_queue_replay_brings_every_inspection_to_done_once(
         [world.a[1], world.a[2], world.b]
     )
     assert find_backlog(world.factory, ReplayFilters(), CURRENT).inspections == ()
+
+
+def test_replay_command_publishes_to_the_queue_and_a_daemon_finishes_it(
+    ispyb_sqlite_url: str, tmp_path: Path, queue_names, rabbit, monkeypatch, capsys
+):
+    from helpers.plates import plate_settings
+
+    from chimp_worker.baseline import BaselineAnalyser
+    from chimp_worker.cli import main
+
+    root = tmp_path / "images"
+    current = BaselineAnalyser(plate_settings(ispyb_sqlite_url, root))
+    world = build_world(ispyb_sqlite_url, root, current, **queue_names)
+    env = {"CHIMP_DATABASE_URL": ispyb_sqlite_url, "CHIMP_ANALYSER": "baseline"}
+    env.update({f"CHIMP_{name.upper()}": str(value) for name, value in queue_names.items()})
+    env["CHIMP_IMAGE_ROOTS"] = f'["{world.image_root.resolve()}"]'
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    main(["replay", "--barcode", "RPL-B", "--chunk-size", "1"])
+    out = capsys.readouterr().out
+    assert "summary (queue): inspections 1, images planned 2, processed 0" in out
+    assert "work items published 2" in out
+    assert rabbit.count(world.settings.work_queue) == 2
+
+    worker = start_worker(world.settings, name="replay-cli-worker", idle_exit_s=1.5)
+    worker.join(timeout_s=120)
+    assert worker.exit_codes == [0]
+    current_sha = frozenset(model.sha256 for model in current.models)
+    assert (
+        find_backlog(world.factory, ReplayFilters(barcode="RPL-B"), current_sha).inspections == ()
+    )
+    ready = [decode_event(m.body) for m in rabbit.take_all(world.settings.results_queue)]
+    assert [event.containerInspectionId for event in ready] == [world.b]
