@@ -32,6 +32,7 @@ from chimp_worker.ispyb.queries import as_datetime
 from chimp_worker.log import get_logger
 
 if TYPE_CHECKING:
+    from chimp_worker.broker import Publisher
     from chimp_worker.config import Settings
     from chimp_worker.pipeline import ImageProgress, Pipeline
 
@@ -356,7 +357,7 @@ ItemCallback = Callable[[BacklogInspection, tuple[int, ...]], None]
 
 def publish_backlog(
     backlog: Backlog,
-    publisher: Any,
+    publisher: Publisher,
     *,
     chunk_size: int,
     priority: int = 0,
