@@ -29,6 +29,7 @@ from typing import Any
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils import connection_workflow
 
 from chimp_worker import __version__
 from chimp_worker.config import Settings
@@ -58,6 +59,9 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.ConnectionWrongStateError,
     pika.exceptions.ChannelWrongStateError,
     pika.exceptions.StreamLostError,
+    # raised as is by BlockingConnection when the TCP connect works but the AMQP handshake
+    # does not finish (a frozen or blackholed broker): not an AMQPConnectionError
+    connection_workflow.AMQPConnectorException,
     ConnectionError,
     OSError,
 )
