@@ -1,0 +1,254 @@
+"""The CHiMP detectors: torchvision Mask R-CNN ResNet50-FPN v1 with the published heads.
+
+VMXi detector: 2 classes (background, crystal). XChem detector: 3 classes (background, drop,
+crystal). Files are raw state_dicts (or a dict with ``model_state_dict``), possibly with
+``module.`` prefixes. Nothing is downloaded: the backbone is built with ``weights=None``.
+
+Speed without changing results: the final score threshold is applied *inside* the model
+(``roi_heads.score_thresh``) instead of the reference's 0.05 followed by filtering. NMS is
+greedy by score, so a detection scoring below the threshold can only suppress detections that
+score even lower; dropping those before NMS therefore leaves the same surviving set, and the
+mask head and the full-size mask paste only run for detections that are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from chimp_worker.analysis import Detection
+from chimp_worker.errors import ModelFileError
+from chimp_worker.geometry import mask_centroid
+from chimp_worker.models.checkpoints import (
+    detector_state_dict,
+    file_kind,
+    file_sha256,
+    load_state_strict,
+    read_model_file,
+)
+from chimp_worker.models.preprocessing import DETECTOR_INPUT_HEIGHT, DETECTOR_INPUT_WIDTH
+
+__all__ = [
+    "DETECTOR_ARCHITECTURE",
+    "FLAVOUR_CLASSES",
+    "REFERENCE_SCORE_THRESHOLD",
+    "LoadedDetector",
+    "build_detector",
+    "detections_from_output",
+    "label_names",
+    "load_detector",
+    "model_score_threshold",
+    "save_detector_state_dict",
+]
+
+DETECTOR_ARCHITECTURE = "maskrcnn_resnet50_fpn"
+FLAVOUR_CLASSES: Mapping[str, int] = {"vmxi": 2, "xchem": 3}
+_LABELS: Mapping[int, tuple[str, ...]] = {
+    2: ("background", "crystal"),
+    3: ("background", "drop", "crystal"),
+}
+# torchvision's default, which the published tooling runs with before filtering at 0.6.
+REFERENCE_SCORE_THRESHOLD = 0.05
+_BOX_PREDICTOR_IN = 1024
+_MASK_PREDICTOR_IN = 256
+_MASK_HIDDEN = 256
+
+
+def label_names(num_classes: int) -> tuple[str, ...]:
+    """Label name for each class index of a detector with ``num_classes`` classes."""
+    try:
+        return _LABELS[num_classes]
+    except KeyError:
+        raise ValueError(
+            f"a CHiMP detector has 2 (VMXi) or 3 (XChem) classes, not {num_classes}"
+        ) from None
+
+
+def build_detector(
+    num_classes: int,
+    *,
+    box_score_thresh: float = REFERENCE_SCORE_THRESHOLD,
+    detections_per_img: int = 100,
+) -> MaskRCNN:
+    """Mask R-CNN ResNet50-FPN v1 with the published predictors, random weights, eval mode.
+
+    The backbone is what ``maskrcnn_resnet50_fpn`` builds for the COCO weights the authors
+    fine-tuned (frozen batch norm, three trainable stages), so a published state_dict has
+    exactly these keys; ``weights=None`` everywhere, so nothing is downloaded. Box predictor
+    ``FastRCNNPredictor(1024, C)``, mask predictor ``MaskRCNNPredictor(256, 256, C)``;
+    torchvision's transform defaults (min_size 800, max_size 1333) stay.
+    """
+    label_names(num_classes)  # validates
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3
+    )
+    model = MaskRCNN(
+        backbone,
+        num_classes=91,
+        box_score_thresh=box_score_thresh,
+        box_detections_per_img=detections_per_img,
+    )
+    model.roi_heads.box_predictor = FastRCNNPredictor(_BOX_PREDICTOR_IN, num_classes)
+    model.roi_heads.mask_predictor = MaskRCNNPredictor(
+        _MASK_PREDICTOR_IN, _MASK_HIDDEN, num_classes
+    )
+    return model.eval()
+
+
+def save_detector_state_dict(
+    model: torch.nn.Module, path: Path, *, wrapped: bool = False, data_parallel: bool = False
+) -> Path:
+    """Write a detector file as published: a raw state_dict (``wrapped``: under
+    ``model_state_dict``; ``data_parallel``: keys prefixed with ``module.``)."""
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    if data_parallel:
+        state = {f"module.{key}": value for key, value in state.items()}
+    contents: object = {"model_state_dict": state} if wrapped else state
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(contents, path)
+    return path
+
+
+def model_score_threshold(score_threshold: float) -> float:
+    """The ``roi_heads.score_thresh`` that keeps exactly the scores >= ``score_threshold``.
+
+    torchvision keeps ``score > thresh`` on float32 scores; the contract keeps ``>= 0.6``. The
+    largest float32 below float32(threshold) makes the strict test an inclusive one.
+    """
+    if score_threshold <= 0:
+        return 0.0
+    threshold = np.float32(score_threshold)
+    return float(np.nextafter(threshold, np.float32(-np.inf)))
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedDetector:
+    """A detector ready for inference, with what identifies it in results."""
+
+    model: MaskRCNN
+    num_classes: int
+    path: Path
+    sha256: str
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return label_names(self.num_classes)
+
+    @property
+    def flavour(self) -> str:
+        return "vmxi" if self.num_classes == 2 else "xchem"
+
+    def set_score_threshold(self, model_threshold: float) -> None:
+        """Score threshold applied inside the model (before NMS), see module docstring."""
+        self.model.roi_heads.score_thresh = float(model_threshold)
+
+    def __call__(self, batch: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Raw torchvision outputs for (3, 1352, 1688) inputs in 0..1, in model coordinates."""
+        return self.model(list(batch))
+
+
+def load_detector(
+    path: Path, expected_classes: int | None = None, role: str = "detector"
+) -> LoadedDetector:
+    """Load a detector file (raw or wrapped state_dict); ModelFileError when it is not one.
+
+    ``expected_classes`` (2 for VMXi, 3 for XChem) refuses the other detector's file.
+    """
+    path = Path(path)
+    contents = read_model_file(path, role)
+    state = detector_state_dict(contents)
+    if state is None:
+        if file_kind(contents) == "classifier":
+            raise ModelFileError(
+                f"{role} file {path} is a classifier checkpoint, not a Mask R-CNN detector; "
+                "set it as classifier_path instead"
+            )
+        raise ModelFileError(
+            f"{role} file {path} is not a Mask R-CNN state_dict (no roi_heads.box_predictor keys)"
+        )
+    # A model trained with plain BatchNorm2d carries counters frozen batch norm does not have.
+    state = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
+    class_weight = state.get("roi_heads.box_predictor.cls_score.weight")
+    if class_weight is None or class_weight.ndim != 2:
+        raise ModelFileError(f"{role} file {path} lacks roi_heads.box_predictor.cls_score.weight")
+    num_classes = int(class_weight.shape[0])
+    if expected_classes is not None and num_classes != expected_classes:
+        raise ModelFileError(
+            f"{role} file {path} has {num_classes} classes, expected {expected_classes} "
+            "(the VMXi detector has 2: background, crystal; the XChem detector 3: background, "
+            "drop, crystal)"
+        )
+    if num_classes not in _LABELS:
+        raise ModelFileError(
+            f"{role} file {path} has {num_classes} classes; CHiMP detectors have 2 or 3"
+        )
+    model = build_detector(num_classes)
+    load_state_strict(model, state, path, role)
+    return LoadedDetector(
+        model=model.eval(), num_classes=num_classes, path=path, sha256=file_sha256(path)
+    )
+
+
+def detections_from_output(
+    output: Mapping[str, torch.Tensor],
+    *,
+    original_height: int,
+    original_width: int,
+    labels: Sequence[str],
+    score_threshold: float,
+    mask_threshold: float,
+    model_role: str | None = None,
+) -> list[Detection]:
+    """Kept detections of one image in original-image pixels.
+
+    ``output`` is torchvision's result for a 1352 x 1688 input: boxes (N, 4) xyxy, scores (N,),
+    labels (N,), masks (N, 1, 1352, 1688) probabilities. Detections scoring >= score_threshold
+    are kept; boxes are scaled by (orig_w / 1688, orig_h / 1352); each mask probability map is
+    resized (bilinear) to the original size and thresholded at > mask_threshold.
+    """
+    scores = output["scores"].detach().float().cpu()
+    keep = torch.nonzero(scores >= np.float32(score_threshold)).flatten()
+    if keep.numel() == 0:
+        return []
+    boxes = output["boxes"].detach().float().cpu()[keep].numpy()
+    label_index = output["labels"].detach().cpu()[keep].tolist()
+    masks = output["masks"].detach().float().cpu()[keep, 0].numpy()
+    kept_scores = scores[keep].tolist()
+    scale_x = original_width / DETECTOR_INPUT_WIDTH
+    scale_y = original_height / DETECTOR_INPUT_HEIGHT
+    same_size = (original_height, original_width) == masks.shape[1:]
+    detections = []
+    for box, score, index, probability in zip(boxes, kept_scores, label_index, masks, strict=True):
+        if not same_size:
+            probability = cv2.resize(
+                probability, (original_width, original_height), interpolation=cv2.INTER_LINEAR
+            )
+        mask = probability > mask_threshold
+        detections.append(
+            Detection(
+                label=labels[int(index)],
+                score=float(score),
+                box=(
+                    float(box[0] * scale_x),
+                    float(box[1] * scale_y),
+                    float(box[2] * scale_x),
+                    float(box[3] * scale_y),
+                ),
+                mask=mask,
+                mask_area=int(mask.sum()),
+                centroid=mask_centroid(mask),
+                model_role=model_role,
+            )
+        )
+    return detections

@@ -1,0 +1,173 @@
+"""Detector post-processing on hand-made model outputs, and the score-threshold shortcut."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from chimp_worker.models.detector import (
+    build_detector,
+    detections_from_output,
+    label_names,
+    model_score_threshold,
+)
+
+XCHEM_LABELS = label_names(3)
+
+
+def model_output(
+    boxes: list[list[float]], scores: list[float], labels: list[int], masks: list[np.ndarray]
+) -> dict[str, torch.Tensor]:
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "masks": torch.from_numpy(np.stack(masks)[:, None].astype(np.float32)),
+    }
+
+
+def probability_map(rows: slice, cols: slice, inside: float = 0.9) -> np.ndarray:
+    """A 1352 x 1688 mask-probability map: ``inside`` on a rectangle, 0.1 elsewhere."""
+    array = np.full((1352, 1688), 0.1, np.float32)
+    array[rows, cols] = inside
+    return array
+
+
+def test_kept_detections_are_scaled_back_to_the_original_image() -> None:
+    output = model_output(
+        boxes=[[400.0, 200.0, 600.0, 400.0], [10.0, 20.0, 30.0, 40.0], [0.0, 0.0, 5.0, 5.0]],
+        scores=[0.95, 0.6, 0.5999],
+        labels=[2, 1, 2],
+        masks=[
+            probability_map(slice(200, 400), slice(400, 600)),
+            probability_map(slice(20, 40), slice(10, 30)),
+            probability_map(slice(0, 5), slice(0, 5)),
+        ],
+    )
+    # The original is half the model's input size in each direction: 844 x 676.
+    detections = detections_from_output(
+        output,
+        original_height=676,
+        original_width=844,
+        labels=XCHEM_LABELS,
+        score_threshold=0.6,
+        mask_threshold=0.5,
+        model_role="xchem_detector",
+    )
+    assert [d.label for d in detections] == ["crystal", "drop"]  # 0.5999 dropped, 0.6 kept
+    first = detections[0]
+    assert first.box == pytest.approx((200.0, 100.0, 300.0, 200.0))
+    assert first.mask is not None
+    assert first.mask.shape == (676, 844)
+    # Model rows 200-399 -> original rows 100-199 exactly (a 2x bilinear shrink averages pairs).
+    rows, cols = np.nonzero(first.mask)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (100, 199, 200, 299)
+    assert first.mask_area == 100 * 100
+    assert first.centroid == (250, 150)  # centre 249.5, 149.5 rounds half up
+    assert first.score == pytest.approx(0.95)
+    assert first.model_role == "xchem_detector"
+
+
+def test_unequal_scaling_in_x_and_y_is_kept_apart() -> None:
+    # VMXi's 2532 x 2028 is 1.5 x the model input in both directions; use 3376 x 1352 instead:
+    # x doubles, y stays.
+    output = model_output(
+        [[100.0, 50.0, 200.0, 150.0]],
+        [0.9],
+        [1],
+        [probability_map(slice(50, 150), slice(100, 200))],
+    )
+    (detection,) = detections_from_output(
+        output,
+        original_height=1352,
+        original_width=3376,
+        labels=label_names(2),
+        score_threshold=0.6,
+        mask_threshold=0.5,
+    )
+    assert detection.box == pytest.approx((200.0, 50.0, 400.0, 150.0))
+    assert detection.centroid == (300, 100)
+    assert detection.label == "crystal"
+
+
+def test_mask_probability_must_exceed_the_mask_threshold() -> None:
+    output = model_output(
+        [[0.0, 0.0, 100.0, 100.0]],
+        [0.9],
+        [1],
+        [probability_map(slice(0, 100), slice(0, 100), inside=0.5)],
+    )
+    (detection,) = detections_from_output(
+        output,
+        original_height=1352,
+        original_width=1688,
+        labels=label_names(2),
+        score_threshold=0.6,
+        mask_threshold=0.5,
+    )
+    assert detection.mask_area == 0
+    assert detection.centroid is None
+
+
+def test_no_detection_above_the_threshold_gives_an_empty_list() -> None:
+    output = model_output(
+        [[0.0, 0.0, 9.0, 9.0]], [0.3], [1], [probability_map(slice(0, 9), slice(0, 9))]
+    )
+    assert (
+        detections_from_output(
+            output,
+            original_height=100,
+            original_width=100,
+            labels=label_names(2),
+            score_threshold=0.6,
+            mask_threshold=0.5,
+        )
+        == []
+    )
+
+
+def test_the_model_threshold_keeps_exactly_the_scores_at_or_above_the_final_one() -> None:
+    inside = model_score_threshold(0.6)
+    below = float(np.nextafter(np.float32(0.6), np.float32(0)))
+    scores = torch.tensor([0.6, below, 0.61], dtype=torch.float32)
+    assert (scores > inside).tolist() == (scores >= 0.6).tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_filtering_scores_before_nms_leaves_the_same_detections(seed: int) -> None:
+    """torchvision's post-processing at 0.05 followed by a 0.6 filter (the published way)
+    equals post-processing at the final threshold inside the model, on crowded random boxes."""
+    generator = torch.Generator().manual_seed(seed)
+    roi_heads = build_detector(3, detections_per_img=100).roi_heads
+    count = 3000 if seed % 3 == 0 else 400  # 3000: over the 100-detection cap
+    centres = torch.rand(count, 2, generator=generator) * torch.tensor([120.0, 90.0])
+    sizes = 20 + torch.rand(count, 2, generator=generator) * 80
+    proposals = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1).clamp(0, 320)
+    class_logits = torch.randn(count, 3, generator=generator)
+    box_regression = torch.randn(count, 12, generator=generator) * 0.3
+    image_shapes = [(240, 320)]
+
+    roi_heads.score_thresh = 0.05
+    ref_boxes, ref_scores, ref_labels = (
+        item[0]
+        for item in roi_heads.postprocess_detections(
+            class_logits, box_regression, [proposals], image_shapes
+        )
+    )
+    kept = ref_scores >= 0.6
+    roi_heads.score_thresh = model_score_threshold(0.6)
+    boxes, scores, labels = (
+        item[0]
+        for item in roi_heads.postprocess_detections(
+            class_logits, box_regression, [proposals], image_shapes
+        )
+    )
+    assert kept.sum() > 5
+    if count == 400:  # the reference really had detections below 0.6 to throw away
+        assert len(ref_scores) > int(kept.sum())
+    else:  # more than 100 survive either way: the cap keeps the same top 100
+        assert len(scores) == 100
+    assert torch.equal(boxes, ref_boxes[kept])
+    assert torch.equal(scores, ref_scores[kept])
+    assert torch.equal(labels, ref_labels[kept])
