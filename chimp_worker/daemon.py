@@ -168,6 +168,7 @@ class Daemon:
         self._received = 0
         self._last_activity = time.monotonic()
         self._ready_sent = False
+        self._failed_connects = 0
         self._pools: dict[str, _WorkerPool] = {}
         self.handler = MessageHandler(
             settings,
@@ -213,16 +214,14 @@ class Daemon:
             work_queue=self.settings.work_queue,
         )
         try:
-            attempt = 0
             while not self._should_stop():
                 try:
                     self._run_session()
-                    attempt = 0
                 except BrokerUnavailableError as error:
-                    delay = self._delay(attempt)
+                    delay = self._delay(self._failed_connects)
+                    self._failed_connects += 1
                     self._lose_session(error, retry_in_s=delay)
                     self._sleep(delay)
-                    attempt += 1
             self._shutdown()
         finally:
             for pool in self._pools.values():
@@ -244,6 +243,7 @@ class Daemon:
         work_prefetch = self.settings.prefetch * self.settings.concurrency
         session.consume(self.settings.events_queue, self.settings.prefetch, self._on_delivery)
         session.consume(self.settings.work_queue, work_prefetch, self._on_delivery)
+        self._failed_connects = 0  # back-off starts small again after a good session
         log.info("broker_session_open", session_id=session.session_id)
         if not self._ready_sent:
             self._ready_sent = True
@@ -390,43 +390,55 @@ class Daemon:
         hand. A stop from a signal returns messages not yet started at once and gives those
         being worked on ``grace_period_s``; then they are requeued and abandoned.
         """
-        session = self._session
         self.notifier.stopping("finishing messages in hand")
         log.info("worker_stopping", messages_in_hand=len(self._in_flight))
+        self._on_session(lambda session: session.cancel_consumers())
         deadline: float | None = None
-        try:
-            if session is not None:
-                session.cancel_consumers()
-            while self._in_flight:
-                if self._stop_requested and deadline is None:
-                    deadline = time.monotonic() + self.settings.grace_period_s
-                    self._stopping.set()
-                    self._return_unstarted(session)
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                try:
-                    self._tick(session)
-                except BrokerUnavailableError as error:
-                    self._lose_session(error)
-                    session = None
-            if self._in_flight:
-                self._abandon.set()
-                for entry in list(self._in_flight.values()):
-                    log.warning(
-                        "grace_expired_requeueing", delivery_tag=entry.delivery.delivery_tag
-                    )
-                    self._settle_now(session, _Settlement(entry.delivery, Action.REQUEUED))
-        except BrokerUnavailableError as error:  # the broker requeues what we could not
-            self._lose_session(error)
-            session = None
-        if session is not None:
-            session.close()
+        while self._in_flight:
+            if self._stop_requested and deadline is None:
+                deadline = time.monotonic() + self.settings.grace_period_s
+                self._stopping.set()
+                self._return_unstarted()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if self._session is None:
+                self._tick(None)
+            else:
+                self._on_session(self._tick)
+        if self._in_flight:
+            self._abandon.set()
+            for entry in list(self._in_flight.values()):
+                log.warning("grace_expired_requeueing", delivery_tag=entry.delivery.delivery_tag)
+                self._settle_safely(_Settlement(entry.delivery, Action.REQUEUED))
+        if self._session is not None:
+            self._session.close()
             self._session = None
 
-    def _return_unstarted(self, session: BrokerSession | None) -> None:
+    def _on_session(self, action: Callable[[BrokerSession], None]) -> bool:
+        """Run ``action`` on the live session; False when there is none or it just died."""
+        session = self._session
+        if session is None:
+            return False
+        try:
+            action(session)
+        except BrokerUnavailableError as error:
+            self._lose_session(error)
+            return False
+        return True
+
+    def _return_unstarted(self) -> None:
+        """Messages handed to a pool but not started go back to the queue at once."""
         for pool in self._pools.values():
             for delivery in pool.take_back():
-                self._settle_now(session, _Settlement(delivery, Action.REQUEUED))
+                self._settle_safely(_Settlement(delivery, Action.REQUEUED))
+
+    def _settle_safely(self, settlement: _Settlement) -> None:
+        """Settle on the live session; without one (or if it dies now) the broker requeues."""
+        if self._on_session(lambda session: self._settle_now(session, settlement)):
+            return
+        delivery = settlement.delivery
+        if (delivery.session_id, delivery.delivery_tag) in self._in_flight:
+            self._settle_now(None, settlement)
 
     # --- worker threads ----------------------------------------------------------------------
 
