@@ -1,0 +1,117 @@
+"""``chimp-worker run`` with timing hooks, so a test can kill or stop a worker at an exact step.
+
+Run as a script: ``python tests/helpers/hooked_worker.py run --idle-exit 5``. It installs the
+hooks named by ``FAULT_HOOK_*`` environment variables, then calls the real ``chimp-worker``
+entry point (``chimp_worker.cli.main``): the daemon, pipeline, writer and broker code are the
+product's own. The hooks only add a pause and a line in an event file at two points:
+
+- ``FAULT_HOOK_ANALYSE_PAUSE_S``: before every analyser call, write ``analysing <paths>`` and
+  sleep -- the window for "SIGKILL / SIGTERM during inference" (before any commit);
+- ``FAULT_HOOK_AFTER_WRITE_PAUSE_S``: after an image's result transaction has committed,
+  write ``written <image id>`` and sleep -- the window for "SIGKILL after a commit, before
+  the ack". ``FAULT_HOOK_AFTER_WRITE_LIMIT`` pauses only the first N writes.
+- ``FAULT_HOOK_AFTER_COMPLETE_PAUSE_S``: after the transaction that marked the inspection done
+  (this worker won the completion), write ``completed <inspection id>`` and sleep -- the
+  window between the completion commit and the results-ready publish.
+- ``FAULT_HOOK_ANALYSER=pixel-stats``: use the test suite's weight-free ``PixelStatsAnalyser``
+  instead of the configured analyser.
+
+Events go to ``FAULT_HOOK_EVENTS`` (one line each, ``<pid> <event> <detail>``), appended with
+O_APPEND so several workers can share one file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _note(event: str, detail: str) -> None:
+    path = os.environ.get("FAULT_HOOK_EVENTS")
+    if not path:
+        return
+    line = f"{os.getpid()} {event} {detail}\n".encode()
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, line)
+    finally:
+        os.close(descriptor)
+
+
+class _PausingAnalyser:
+    """Wraps the real analyser: note the images, pause, then analyse them for real."""
+
+    def __init__(self, inner: Any, pause_s: float) -> None:
+        self._inner = inner
+        self._pause_s = pause_s
+        self.name = inner.name
+        self.schema_name = inner.schema_name
+        self.models = inner.models
+
+    def analyse(self, images: Sequence[Any]) -> Any:
+        _note("analysing", ",".join(image.source for image in images))
+        time.sleep(self._pause_s)
+        return self._inner.analyse(images)
+
+
+def install_hooks() -> None:
+    import chimp_worker.ispyb.progress as progress
+    import chimp_worker.ispyb.writer as writer
+    import chimp_worker.pipeline as pipeline
+
+    choice = os.environ.get("FAULT_HOOK_ANALYSER", "configured")
+    analyse_pause = float(os.environ.get("FAULT_HOOK_ANALYSE_PAUSE_S", "0"))
+    original_make_analyser = pipeline.make_analyser
+
+    def make_analyser(settings: Any) -> Any:
+        if choice == "pixel-stats":
+            sys.path.insert(0, str(TESTS))
+            from helpers.analysers import PixelStatsAnalyser
+
+            analyser: Any = PixelStatsAnalyser()
+        else:
+            analyser = original_make_analyser(settings)
+        return _PausingAnalyser(analyser, analyse_pause) if analyse_pause > 0 else analyser
+
+    pipeline.make_analyser = make_analyser
+
+    write_pause = float(os.environ.get("FAULT_HOOK_AFTER_WRITE_PAUSE_S", "0"))
+    write_limit = int(os.environ.get("FAULT_HOOK_AFTER_WRITE_LIMIT", "1000000"))
+    original_write = writer.write_image_result
+    writes = [0]
+
+    def write_image_result(session_factory: Any, blsample_image_id: int, analysis: Any) -> Any:
+        outcome = original_write(session_factory, blsample_image_id, analysis)  # committed
+        writes[0] += 1
+        _note("written", str(blsample_image_id))
+        if write_pause > 0 and writes[0] <= write_limit:
+            time.sleep(write_pause)
+        return outcome
+
+    writer.write_image_result = write_image_result
+
+    complete_pause = float(os.environ.get("FAULT_HOOK_AFTER_COMPLETE_PAUSE_S", "0"))
+    original_complete = progress.try_complete_inspection
+
+    def try_complete_inspection(session_factory: Any, inspection_id: int) -> bool:
+        completed = original_complete(session_factory, inspection_id)  # committed
+        if completed:
+            _note("completed", str(inspection_id))
+            time.sleep(complete_pause)
+        return completed
+
+    progress.try_complete_inspection = try_complete_inspection
+
+
+if __name__ == "__main__":
+    install_hooks()
+    from chimp_worker.cli import main
+
+    _note("started", " ".join(sys.argv[1:]))
+    main(sys.argv[1:])
