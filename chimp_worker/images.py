@@ -235,6 +235,8 @@ class FilesystemSource:
             if mapped == stripped or mapped.startswith(stripped + "/"):
                 mapped = replacement.rstrip("/") + mapped[len(stripped) :]
                 break
+        if "\x00" in mapped:  # Path.resolve would raise ValueError and fail the whole unit
+            raise ImageMissingError(f"{image_full_path!r}: a path with a NUL byte names no file")
         path = Path(mapped)
         if not path.is_absolute():
             raise ImageOutsideRootsError(f"{image_full_path}: not an absolute path")
