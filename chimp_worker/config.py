@@ -12,7 +12,7 @@ import configparser
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -164,6 +164,7 @@ class Settings(BaseSettings):
                 "database_url: expected an SQLAlchemy URL such as "
                 "mysql+mysqldb://user:pass@host/ispyb or sqlite:///file.sqlite"
             )
+        _check_database_url(self.database_url)
         return self
 
     @property
@@ -188,13 +189,41 @@ class Settings(BaseSettings):
 
 
 def mask_url(url: str) -> str:
-    """Replace the password of a URL with ``***`` (keeps user, host, path)."""
+    """Replace the password of a URL with ``***`` (keeps user, host, path), and the value of
+    any query parameter named like a secret (``?passwd=``, ``?password=``)."""
     parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(_is_secret_name(key) for key, _ in query):
+        masked = [(key, "***" if _is_secret_name(key) else value) for key, value in query]
+        url = url.replace(f"?{parts.query}", f"?{urlencode(masked, safe='*')}", 1)
+        parts = urlsplit(url)
     if parts.password is None:
         return url
     netloc = parts.netloc.rsplit("@", 1)
     userinfo = netloc[0].split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def _is_secret_name(name: str) -> bool:
+    return any(word in name.lower() for word in ("pass", "secret", "key", "token"))
+
+
+def _check_database_url(url: str) -> None:
+    """Parse the URL and find its dialect the way the engine will, so a malformed URL stops
+    start-up with one message instead of a traceback later. The message never repeats the
+    URL: it may hold a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except NoSuchModuleError:
+        raise ValueError("database_url: unknown SQLAlchemy dialect or driver") from None
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "database_url: not a valid SQLAlchemy URL (expected "
+            "dialect+driver://user:password@host:port/database, the port a number)"
+        ) from None
 
 
 def _mask_mapping(data: dict[str, Any]) -> dict[str, Any]:
