@@ -41,11 +41,9 @@
       showInspection(select.value);
       if (view && view.classList.contains("drop-view")) {
         var next = "drop-" + select.value + "-" + view.dataset.location;
-        if (document.getElementById(next)) {
-          window.location.hash = next;
-        } else {
-          window.location.hash = "";
-        }
+        // Set the hash (so the URL names the drop) and show at once: hashchange comes later.
+        window.location.hash = document.getElementById(next) ? next : "";
+        showDrop();
       }
     });
   }

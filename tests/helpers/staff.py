@@ -8,7 +8,11 @@ tests can assert the values the staff commands print.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,3 +236,29 @@ def build_known_plate(url: str, image_root: Path) -> Iterator[KnownPlate]:
         yield KnownPlate(url, factory, plate, image_root)
     finally:
         engine.dispose()
+
+
+@contextmanager
+def scratch_mariadb() -> Iterator[str]:
+    """A fresh MariaDB database for a module of read-only tests (the same server and
+    credentials as ``conftest.mariadb_url``), dropped afterwards; fails when none is running."""
+    import MySQLdb
+    import pytest
+
+    host = os.environ.get("CHIMP_TEST_MARIADB_HOST", "127.0.0.1")
+    port = int(os.environ.get("CHIMP_TEST_MARIADB_PORT", "3306"))
+    user = os.environ.get("CHIMP_TEST_MARIADB_USER", "root")
+    password = os.environ.get("CHIMP_TEST_MARIADB_PASSWORD", "")
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        pytest.fail(f"MariaDB is not reachable at {host}:{port} ({exc})", pytrace=False)
+    name = f"chimp_test_{uuid.uuid4().hex[:12]}"
+    admin = MySQLdb.connect(host=host, port=port, user=user, passwd=password)
+    try:
+        admin.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        secret = f":{password}" if password else ""
+        yield f"mysql+mysqldb://{user}{secret}@{host}:{port}/{name}?charset=utf8mb4"
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()

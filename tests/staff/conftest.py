@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 from helpers.rabbit import RabbitProbe
-from helpers.staff import KnownPlate, build_known_plate
+from helpers.staff import KnownPlate, build_known_plate, scratch_mariadb
 
 from chimp_worker.config import Settings
 
@@ -21,9 +21,35 @@ def _fresh_structlog() -> Iterator[None]:
 
 
 @pytest.fixture
-def known_plate(ispyb_url: str, tmp_path: Path) -> Iterator[KnownPlate]:
-    """The KNOWN plate on SQLite and on MariaDB."""
+def own_known_plate(ispyb_url: str, tmp_path: Path) -> Iterator[KnownPlate]:
+    """The KNOWN plate on SQLite and on MariaDB, for one test that changes it."""
     yield from build_known_plate(ispyb_url, tmp_path / "images")
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)]
+)
+def shared_known_plate(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KnownPlate]:
+    """The KNOWN plate once per module and backend, for tests that only read it."""
+    from chimp_worker.ispyb.schema import create_all
+
+    directory = tmp_path_factory.mktemp("known-plate")
+    if request.param == "sqlite":
+        url = f"sqlite:///{directory / 'ispyb.sqlite'}"
+        create_all(url)
+        yield from build_known_plate(url, directory / "images")
+        return
+    with scratch_mariadb() as url:
+        create_all(url)
+        yield from build_known_plate(url, directory / "images")
+
+
+@pytest.fixture
+def known_plate(shared_known_plate: KnownPlate) -> KnownPlate:
+    """Read-only tests share one KNOWN plate per module and backend."""
+    return shared_known_plate
 
 
 @pytest.fixture

@@ -79,7 +79,8 @@ def test_inspection_view_shows_that_inspections_results_failures_and_pending(kno
     assert (drops[4].state, drops[4].pCrystal, drops[4].targets) == ("pending", None, ())
 
 
-def test_latest_view_ignores_inspections_that_are_not_completed(known_plate):
+def test_latest_view_ignores_inspections_that_are_not_completed(own_known_plate):
+    known_plate = own_known_plate
     factory = known_plate.session_factory
     plate_row = known_plate.plate
     with factory() as session, session.begin():

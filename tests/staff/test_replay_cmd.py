@@ -19,19 +19,42 @@ from chimp_worker.ispyb.worker_tables import ChimpImageResult, ChimpInspection
 from chimp_worker.pipeline import Pipeline
 
 
-@pytest.fixture
-def world(ispyb_sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ReplayWorld:
-    root = tmp_path / "images"
-    current = BaselineAnalyser(plate_settings(ispyb_sqlite_url, root))
-    built = build_world(ispyb_sqlite_url, root, current)
+def _world(url: str, root: Path) -> ReplayWorld:
+    from chimp_worker.ispyb.schema import create_all
+
+    create_all(url)
+    return build_world(url, root, BaselineAnalyser(plate_settings(url, root)))
+
+
+def _environment(monkeypatch: pytest.MonkeyPatch, world: ReplayWorld) -> None:
     for name, value in {
-        "CHIMP_DATABASE_URL": ispyb_sqlite_url,
-        "CHIMP_IMAGE_ROOTS": f'["{built.image_root.resolve()}"]',
+        "CHIMP_DATABASE_URL": world.url,
+        "CHIMP_IMAGE_ROOTS": f'["{world.image_root.resolve()}"]',
         "CHIMP_ANALYSER": "baseline",
         "CHIMP_BATCH_SIZE": "2",
         "CHIMP_IMAGES_PER_WORK_ITEM": "2",
     }.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="module")
+def shared_world(tmp_path_factory: pytest.TempPathFactory) -> ReplayWorld:
+    """One backlog for the tests that only look (--dry-run changes nothing)."""
+    directory = tmp_path_factory.mktemp("replay-dry-run")
+    return _world(f"sqlite:///{directory / 'ispyb.sqlite'}", directory / "images")
+
+
+@pytest.fixture
+def dry_world(shared_world: ReplayWorld, monkeypatch: pytest.MonkeyPatch) -> ReplayWorld:
+    _environment(monkeypatch, shared_world)
+    return shared_world
+
+
+@pytest.fixture
+def world(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ReplayWorld:
+    """A backlog of its own, for tests that process it."""
+    built = _world(sqlite_url, tmp_path / "images")
+    _environment(monkeypatch, built)
     return built
 
 
@@ -61,7 +84,8 @@ def listed(output: str) -> dict[int, tuple[int, int, int, int, int]]:
     return rows
 
 
-def test_dry_run_lists_exactly_the_backlog_and_changes_nothing(capsys, world):
+def test_dry_run_lists_exactly_the_backlog_and_changes_nothing(capsys, dry_world):
+    world = dry_world
     _, a1, a2 = world.a
     code, out = replay(capsys, "--dry-run")
     assert code == 0
@@ -87,13 +111,14 @@ def test_dry_run_lists_exactly_the_backlog_and_changes_nothing(capsys, world):
         (("--since", "2024-01-01 06:00", "--until", "2024-01-01 18:00"), "a1"),
     ],
 )
-def test_dry_run_filters(capsys, world, args, expected):
+def test_dry_run_filters(capsys, dry_world, args, expected):
+    world = dry_world
     names = {"a1": world.a[1], "a2": world.a[2], "b": world.b}
     _, out = replay(capsys, "--dry-run", *args)
     assert set(listed(out)) == {names[name] for name in expected.split()}
 
 
-def test_unknown_inspection_is_named_and_a_bad_visit_is_refused(capsys, world):
+def test_unknown_inspection_is_named_and_a_bad_visit_is_refused(capsys, dry_world):
     code, out = replay(capsys, "--dry-run", "--inspection", "999")
     assert code == 0
     assert "warning: inspection 999 is not a Completed inspection; skipped" in out

@@ -73,7 +73,7 @@ def test_report_in_chromium_shows_wells_colours_and_targets(
     browser, report_files, known_plate_sqlite
 ):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     html, png = report_files
     first, latest = known_plate_sqlite.plate.inspection_ids
@@ -111,10 +111,11 @@ def test_report_in_chromium_shows_wells_colours_and_targets(
 
     # The time-course selector: the first inspection, same drop, its two targets.
     Select(browser.find_element(By.ID, "inspection-select")).select_by_value(str(first))
-    assert browser.find_element(By.ID, f"inspection-{first}").is_displayed()
-    assert browser.current_url.endswith(f"#drop-{first}-1")
     view = browser.find_element(By.ID, f"drop-{first}-1")
-    assert view.is_displayed()
+    WebDriverWait(browser, 10).until(lambda _: view.is_displayed())
+    assert browser.find_element(By.ID, f"inspection-{first}").is_displayed()
+    assert not browser.find_element(By.ID, f"inspection-{latest}").is_displayed()
+    assert browser.current_url.endswith(f"#drop-{first}-1")
     assert len(view.find_elements(By.CSS_SELECTOR, "g.target")) == 2
     assert fill(first, 3) == _rgb(FAILED_FILL)
     assert fill(first, 4) == _rgb(PENDING_FILL)
@@ -124,7 +125,8 @@ def test_report_in_chromium_shows_wells_colours_and_targets(
         By.CSS_SELECTOR, f"#inspection-{first} rect.drop[data-location='3']"
     ).click()
     failed = browser.find_element(By.ID, f"drop-{first}-3")
-    assert failed.is_displayed()
+    WebDriverWait(browser, 10).until(lambda _: failed.is_displayed())
+    assert not view.is_displayed()
     assert failed.find_element(By.CSS_SELECTOR, ".failure-reason").text == "image_corrupt"
     browser.save_screenshot(str(ARTIFACTS / "report-plate-failed-drop.png"))
 

@@ -57,11 +57,9 @@ def test_json_lists_every_drop_of_the_latest_inspection(capsys, known_plate):
     assert rows[0]["schema"] == "CHIMP"
 
 
-def test_csv_of_one_inspection_shows_failed_and_pending_drops(capsys, known_plate_sqlite):
-    first = known_plate_sqlite.plate.inspection_ids[0]
-    code, out, _ = run(
-        capsys, known_plate_sqlite.url, "--inspection", str(first), "--format", "csv"
-    )
+def test_csv_of_one_inspection_shows_failed_and_pending_drops(capsys, known_plate):
+    first = known_plate.plate.inspection_ids[0]
+    code, out, _ = run(capsys, known_plate.url, "--inspection", str(first), "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [(r["well"], r["drop"], r["state"]) for r in rows] == [
@@ -83,8 +81,8 @@ def test_csv_of_one_inspection_shows_failed_and_pending_drops(capsys, known_plat
     )
 
 
-def test_table_shows_the_per_drop_columns(capsys, known_plate_sqlite):
-    code, out, _ = run(capsys, known_plate_sqlite.url, "--barcode", "STAFF-001")
+def test_table_shows_the_per_drop_columns(capsys, known_plate):
+    code, out, _ = run(capsys, known_plate.url, "--barcode", "STAFF-001")
     assert code == 0
     assert "Plate STAFF-001 · CrystalQuickX · mx1234-5 · latest image per drop" in out
     lines = [line.split() for line in out.splitlines() if line.strip().startswith("A")]
@@ -96,8 +94,8 @@ def test_table_shows_the_per_drop_columns(capsys, known_plate_sqlite):
     ]
 
 
-def test_crystals_lists_auto_targets_in_every_format(capsys, known_plate_sqlite):
-    url = known_plate_sqlite.url
+def test_crystals_lists_auto_targets_in_every_format(capsys, known_plate):
+    url = known_plate.url
     _, out, _ = run(capsys, url, "--barcode", "STAFF-001", "--crystals", "--format", "json")
     targets = [(r["well"], r["drop"], r["x"], r["y"]) for r in json.loads(out)["rows"]]
     assert targets == [
@@ -113,11 +111,11 @@ def test_crystals_lists_auto_targets_in_every_format(capsys, known_plate_sqlite)
     assert out.count(" A1 ") == 3
 
 
-def test_inspections_lists_processing_state(capsys, known_plate_sqlite):
-    first, latest = known_plate_sqlite.plate.inspection_ids
+def test_inspections_lists_processing_state(capsys, known_plate):
+    first, latest = known_plate.plate.inspection_ids
     _, out, _ = run(
         capsys,
-        known_plate_sqlite.url,
+        known_plate.url,
         "--barcode",
         "STAFF-001",
         "--inspections",
@@ -132,14 +130,14 @@ def test_inspections_lists_processing_state(capsys, known_plate_sqlite):
     assert rows[0]["completed"] == "2024-03-01 09:20:00"
 
 
-def test_unknown_barcode_is_one_line_and_exit_status_1(capsys, known_plate_sqlite):
-    code, out, err = run(capsys, known_plate_sqlite.url, "--barcode", "NOPE")
+def test_unknown_barcode_is_one_line_and_exit_status_1(capsys, known_plate):
+    code, out, err = run(capsys, known_plate.url, "--barcode", "NOPE")
     assert code == 1
     assert out == ""
     assert err.strip() == "chimp-worker: not_found: no plate (Container) with barcode 'NOPE'"
 
 
-def test_neither_barcode_nor_inspection_is_a_usage_error(capsys, known_plate_sqlite):
-    code, _, err = run(capsys, known_plate_sqlite.url)
+def test_neither_barcode_nor_inspection_is_a_usage_error(capsys, known_plate):
+    code, _, err = run(capsys, known_plate.url)
     assert code == 2
     assert "give --barcode or --inspection" in err
