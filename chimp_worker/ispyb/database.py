@@ -56,6 +56,10 @@ def make_engine(url: str, connect_args: Mapping[str, Any] | None = None) -> Engi
         return engine
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         args = {**MYSQL_SOCKET_TIMEOUTS_S, **args}
+        if args.get("ssl") and "ssl_mode" not in args and parsed.get_driver_name() == "mysqldb":
+            # Under mysqlclient, MariaDB Connector/C quietly connects in plain text to a server
+            # without TLS despite ssl options (or ssl_mode REQUIRED); a verifying mode refuses.
+            args["ssl_mode"] = "VERIFY_IDENTITY"
     return create_engine(
         url,
         connect_args=args,
