@@ -155,6 +155,7 @@ class ReplaySummary:
     skipped: int = 0  # matched but needing no work (up to date, or done meanwhile)
     published: int = 0  # work items confirmed by the broker
     completed_inspections: int = 0
+    announced: int = 0  # results-ready events confirmed (--local --announce)
     interrupted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -168,6 +169,7 @@ class ReplaySummary:
             "skipped": self.skipped,
             "published": self.published,
             "completed_inspections": self.completed_inspections,
+            "announced": self.announced,
             "interrupted": self.interrupted,
         }
 
@@ -442,4 +444,40 @@ def process_backlog(
             outcome = pipeline.process(inspection.containerInspectionId, chunk, progress=count)
             if outcome.completed_inspection:
                 summary.completed_inspections += 1
+    return summary
+
+
+def announce_results(
+    backlog: Backlog,
+    pipeline: Pipeline,
+    publisher: Publisher,
+    settings: Settings,
+    *,
+    summary: ReplaySummary,
+) -> ReplaySummary:
+    """Publish results-ready for each backlog inspection that is done but not yet announced.
+
+    What a daemon does when it completes an inspection, for a ``--local`` replay: confirmed
+    by the broker (``mandatory``), then recorded, so a second run announces nothing again.
+    """
+    from chimp_worker.events import results_ready_now
+    from chimp_worker.ispyb.progress import mark_results_published, results_pending_publication
+
+    factory = pipeline.session_factory
+    for inspection in backlog.inspections:
+        inspection_id = inspection.containerInspectionId
+        if not results_pending_publication(factory, inspection_id):
+            continue
+        event = results_ready_now(
+            inspection_id,
+            inspection.image_count,
+            pipeline.analyser.name,
+            pipeline.analyser.schema_name,
+        )
+        publisher.publish(
+            event, exchange=settings.results_exchange, routing_key=settings.results_routing_key
+        )
+        if mark_results_published(factory, inspection_id):
+            summary.announced += 1
+        log.info("replay_results_ready_published", inspection_id=inspection_id)
     return summary

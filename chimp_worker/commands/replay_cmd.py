@@ -54,6 +54,11 @@ _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d
     help="Process here with the daemon's pipeline instead of publishing work to the queue.",
 )
 @click.option(
+    "--announce",
+    is_flag=True,
+    help="With --local: publish results-ready for the inspections it completes, as a daemon does.",
+)
+@click.option(
     "--chunk-size",
     type=click.IntRange(1, 288),
     help="Images per work item [default: CHIMP_IMAGES_PER_WORK_ITEM].",
@@ -77,6 +82,7 @@ def replay(
     model_changed: bool,
     dry_run: bool,
     local: bool,
+    announce: bool,
     chunk_size: int | None,
     priority: int,
 ) -> None:
@@ -93,6 +99,7 @@ def replay(
       chimp-worker replay --dry-run                         # what is behind, nothing done
       chimp-worker replay --since 2024-03-01 --failed-only  # queue the failed images again
       chimp-worker replay --barcode CQX-0001 --local        # process one plate here
+      chimp-worker replay --local --announce                # ... and publish results-ready
       chimp-worker replay --visit mx12345-6 --model-changed # after installing new weights
     """
     from chimp_worker.ispyb.database import make_engine, make_session_factory
@@ -106,6 +113,8 @@ def replay(
 
     if dry_run and local:
         raise click.UsageError("--dry-run and --local: pick one")
+    if announce and not local:
+        raise click.UsageError("--announce goes with --local (queued work is announced by daemons)")
     settings = app.settings()
     configure_logging("WARNING", "console")  # the progress bar and summary speak for it
     filters = ReplayFilters(
@@ -142,6 +151,12 @@ def replay(
             summary.skipped = backlog.images_matched - backlog.image_count
         else:
             _do_work(settings, factory, backlog, pipeline, size, priority, summary)
+            if announce and pipeline is not None:
+                from chimp_worker.broker import Publisher
+                from chimp_worker.replay import announce_results
+
+                with Publisher(settings, connection_name="chimp-worker replay") as publisher:
+                    announce_results(backlog, pipeline, publisher, settings, summary=summary)
     except KeyboardInterrupt:
         summary.interrupted = True
         click.echo(_summary_text(summary))
@@ -255,4 +270,5 @@ def _summary_text(summary: ReplaySummary) -> str:
         f"failed {failed}{f' ({reasons})' if reasons else ''}, skipped {summary.skipped}, "
         f"work items published {summary.published}, "
         f"inspections completed {summary.completed_inspections}"
+        + (f", results-ready published {summary.announced}" if summary.announced else "")
     )

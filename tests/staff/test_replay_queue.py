@@ -108,3 +108,40 @@ def test_replay_command_publishes_to_the_queue_and_a_daemon_finishes_it(
     )
     ready = [decode_event(m.body) for m in rabbit.take_all(world.settings.results_queue)]
     assert [event.containerInspectionId for event in ready] == [world.b]
+
+
+def test_local_replay_with_announce_publishes_results_ready_once_per_inspection(
+    ispyb_sqlite_url: str, tmp_path: Path, queue_names, rabbit, monkeypatch, capsys
+):
+    from helpers.plates import plate_settings
+
+    from chimp_worker.baseline import BaselineAnalyser
+    from chimp_worker.cli import main
+
+    root = tmp_path / "images"
+    world = build_world(
+        ispyb_sqlite_url,
+        root,
+        BaselineAnalyser(plate_settings(ispyb_sqlite_url, root)),
+        **queue_names,
+    )
+    world.repair_corrupt_image()
+    env = {"CHIMP_DATABASE_URL": ispyb_sqlite_url, "CHIMP_ANALYSER": "baseline"}
+    env.update({f"CHIMP_{name.upper()}": str(value) for name, value in queue_names.items()})
+    env["CHIMP_IMAGE_ROOTS"] = f'["{world.image_root.resolve()}"]'
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    rabbit_settings = world.settings
+
+    main(["replay", "--local", "--announce"])
+    out = capsys.readouterr().out
+    assert "inspections completed 3, results-ready published 3" in out
+    ready = [decode_event(m.body) for m in rabbit.take_all(rabbit_settings.results_queue)]
+    assert sorted(e.containerInspectionId for e in ready) == sorted(
+        [world.a[1], world.a[2], world.b]
+    )
+    assert {e.analyser for e in ready} == {"baseline"}
+
+    main(["replay", "--local", "--announce"])
+    assert "results-ready published" not in capsys.readouterr().out
+    assert rabbit.take_all(rabbit_settings.results_queue) == []
