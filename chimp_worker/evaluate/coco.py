@@ -151,7 +151,7 @@ def _check_annotation(
     if segmentation is not None and segmentation != []:
         height, width = image_sizes[annotation["image_id"]]
         try:
-            rles = _as_rle(segmentation, height, width)
+            rles = segmentation_to_rle(segmentation, height, width)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
             raise _fail(path, f"{where} has a malformed segmentation ({exc})") from None
         annotation.setdefault("area", float(mask_utils.area(rles)))
@@ -159,7 +159,7 @@ def _check_annotation(
         annotation.setdefault("area", float(box[2] * box[3]))
 
 
-def _as_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
     """Polygons or (un)compressed RLE -> one compressed RLE (pycocotools' annToRLE logic)."""
     if isinstance(segmentation, list):
         if not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation):
