@@ -44,42 +44,29 @@ AUTO_SCORE_CLASSES: Sequence[tuple[int, int, str]] = (
     (12, 3, "other"),
 )
 
-# Plate geometries: 8 rows x wellPerRow wells, dropPerWellX x dropPerWellY drop positions per
-# well; wellDrop is the position (1-based, row-major) taken by the reservoir, if any.
-CONTAINER_TYPES: Sequence[Mapping[str, Any]] = (
-    {
-        "containerTypeId": 1,
-        "name": "CrystalQuickX",
-        "proposalType": "mx",
-        "active": 1,
-        "capacity": 192,
-        "wellPerRow": 12,
-        "dropPerWellX": 2,
-        "dropPerWellY": 1,
-        "wellDrop": -1,
-    },
-    {
-        "containerTypeId": 2,
-        "name": "MRC 2 Drop",
-        "proposalType": "mx",
-        "active": 1,
-        "capacity": 192,
-        "wellPerRow": 12,
-        "dropPerWellX": 2,
-        "dropPerWellY": 1,
-        "wellDrop": -1,
-    },
-    {
-        "containerTypeId": 3,
-        "name": "SWISSCI 3 Drop",
-        "proposalType": "mx",
-        "active": 1,
-        "capacity": 288,
-        "wellPerRow": 12,
-        "dropPerWellX": 2,
-        "dropPerWellY": 2,
-        "wellDrop": 3,
-    },
+# Plate geometries exactly as ISPyB's own ContainerType seed rows (same ids, so SynchWeb's
+# plate drawings agree): 8 rows x wellPerRow wells, dropPerWellX x dropPerWellY drop cells per
+# well; wellDrop is the 0-based, row-major cell taken by the reservoir, -1 for none.
+_CONTAINER_TYPE_COLUMNS = (
+    "containerTypeId",
+    "name",
+    "wellPerRow",
+    "dropPerWellX",
+    "dropPerWellY",
+    "dropHeight",
+    "dropWidth",
+    "dropOffsetX",
+    "dropOffsetY",
+    "wellDrop",
+    "capacity",
+)
+CONTAINER_TYPES: Sequence[Mapping[str, Any]] = tuple(
+    {**dict(zip(_CONTAINER_TYPE_COLUMNS, row, strict=True)), "proposalType": "mx", "active": 1}
+    for row in (
+        (14, "CrystalQuickX", 12, 2, 1, 0.5, 1.0, 0.0, 0.0, -1, 192),
+        (20, "MRC 2 Drop", 12, 1, 2, 1.0, 0.5, 0.5, 0.0, -1, 192),
+        (23, "SWISSCI 3 Drop", 12, 2, 2, 1.0, 1.0, 0.0, 0.0, 1, 288),
+    )
 )
 
 _inspection_type = table("InspectionType", column("inspectionTypeId"), column("name"))

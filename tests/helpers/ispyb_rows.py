@@ -39,7 +39,7 @@ class Plate:
 def add_plate(factory: sessionmaker[Session], barcode: str = "CQX-0001", drops: int = 4) -> Plate:
     """Container, one BLSample and one BLSampleImage per drop, one Completed inspection."""
     with factory.begin() as session:
-        container = t.Container(barcode=barcode, containerType="CrystalQuickX", containerTypeId=1)
+        container = t.Container(barcode=barcode, containerType="CrystalQuickX", containerTypeId=14)
         session.add(container)
         session.flush()
         inspection = t.ContainerInspection(

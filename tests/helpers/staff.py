@@ -55,7 +55,7 @@ def seed_plate(
     barcode: str = "STAFF-001",
     locations: Sequence[int] = (1, 2, 3, 4),
     inspections: int = 2,
-    container_type_id: int = 1,
+    container_type_id: int = 14,
     write_images: bool = True,
 ) -> SeededPlate:
     """A plate with a visit (mx1234-5), one sample per location and Completed inspections."""

@@ -43,7 +43,7 @@ def test_schema_creates_and_seeds(ispyb_url: str) -> None:
     assert {schema for _, _, schema in classes} == {"MARCO", CHIMP_SCHEMA, BASELINE_SCHEMA}
     assert sorted(inspection_types) == [(1, "Visible"), (2, "UV")]
     assert (swissci.wellPerRow, swissci.dropPerWellX, swissci.dropPerWellY) == (12, 2, 2)
-    assert (swissci.wellDrop, swissci.capacity) == (3, 288)
+    assert (swissci.containerTypeId, swissci.wellDrop, swissci.capacity) == (23, 1, 288)
 
 
 def test_seed_is_idempotent(ispyb_sqlite_url: str) -> None:

@@ -67,7 +67,7 @@ def test_upgrade_creates_everything_then_is_a_no_op(database_url: str) -> None:
         assert second.kind == "development"
         assert not second.changed
         with engine.connect() as connection:
-            assert connection.scalar(select(t.ContainerType.containerTypeId).limit(1)) == 1
+            assert connection.scalar(select(t.ContainerType.containerTypeId).limit(1)) == 14
             assert len(connection.execute(select(t.ContainerType)).all()) == 3  # not re-seeded
     finally:
         engine.dispose()

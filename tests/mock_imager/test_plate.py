@@ -28,7 +28,7 @@ def test_a_plate_has_the_facilitys_rows_paths_and_files(ispyb_url: str, tmp_path
         container = session.get(t.Container, plate.containerId)
         assert container is not None
         assert (container.barcode, container.containerType) == ("CQX-0042", "CrystalQuickX")
-        assert container.containerTypeId == 1
+        assert container.containerTypeId == 14
         samples = session.scalars(
             select(t.BLSample).where(t.BLSample.containerId == plate.containerId)
         ).all()
