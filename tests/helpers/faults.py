@@ -469,10 +469,15 @@ class FaultWorld:
                 or 0
             )
 
-    def wait_until_complete(self, timeout_s: float = 90.0) -> None:
-        wait_until(
-            lambda: self.inspection_state() == "done", timeout_s, "the inspection to complete"
-        )
+    def wait_until_complete(self, timeout_s: float = 90.0, *watch: WorkerProcess) -> None:
+        """Wait for the completion; on time-out, show what the ``watch``ed workers logged."""
+        try:
+            wait_until(
+                lambda: self.inspection_state() == "done", timeout_s, "the inspection to complete"
+            )
+        except AssertionError as error:
+            tails = "".join(f"\n--- {w.name}:\n{w.tail()}" for w in watch)
+            raise AssertionError(f"{error}{tails}") from None
 
     def check(
         self,
