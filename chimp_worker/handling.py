@@ -7,8 +7,13 @@
   the queue's delivery limit stops a message that never succeeds;
 - an inspection event is planned into work items of ``images_per_work_item`` images that
   still need work, published with confirms, then acked; a work item goes through
-  ``Pipeline.process`` and is acked after the commit; the one worker that completes an
-  inspection publishes results-ready (confirms + ``mandatory``).
+  ``Pipeline.process`` and is acked after the commit;
+- results-ready (confirms + ``mandatory``) is published by the worker that completes an
+  inspection, or by the one handling a redelivered message that finds the inspection done but
+  never announced (its completer died between the commit and the publish). It is recorded in
+  ``chimp_inspection.resultsPublishedAt`` only after the broker confirms, and the message is
+  acked only after that: results-ready goes out at least once, a duplicate in a race is
+  possible, a lost one is not.
 
 The handler never touches pika: it publishes through the ``publish`` function it is given
 (the daemon hands that to its I/O thread) and returns an ``Action`` for the I/O thread.
@@ -16,6 +21,7 @@ The handler never touches pika: it publishes through the ``publish`` function it
 
 from __future__ import annotations
 
+import datetime
 import enum
 import random
 import threading
@@ -47,6 +53,8 @@ from chimp_worker.events import (
     plan_work_items,
     results_ready_now,
 )
+from chimp_worker.ispyb import progress as db
+from chimp_worker.ispyb.writer import utcnow
 from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
 from chimp_worker.pipeline import ImageProgress, Pipeline, WorkOutcome
@@ -54,6 +62,9 @@ from chimp_worker.pipeline import ImageProgress, Pipeline, WorkOutcome
 log = get_logger(__name__)
 
 RESULTS_READY_ATTEMPTS = 10
+# A completion this old and still unannounced has lost its announcer: a fresh message may
+# announce it too. Younger ones are left to their completer, or to its redelivered message.
+ORPHANED_COMPLETION_S = 60.0
 T = TypeVar("T")
 
 
@@ -159,11 +170,12 @@ class MessageHandler:
         items = plan_work_items(event, image_ids, self.settings.images_per_work_item)
         for item in items:
             self._publish(item, session_id=delivery.session_id)
-        if not items:  # nothing left to do: the completion may still be owed
+        action = Action.ACKED
+        if not items:  # nothing left to do: the completion (or its announcement) may be owed
             outcome = self.retry(lambda: self.pipeline.process(event.containerInspectionId, []))
-            self._announce(outcome)
+            action = self._announce(delivery, outcome)
         log.info("inspection_planned", work_items=len(items), images=len(image_ids))
-        return Action.ACKED
+        return action
 
     def _work(self, delivery: Delivery, item: WorkItem) -> Action:
         def progress(update: ImageProgress) -> None:
@@ -180,13 +192,35 @@ class MessageHandler:
                 item.containerInspectionId, item.blSampleImageIds, progress
             )
         )
-        self._announce(outcome)
-        return Action.ACKED
+        return self._announce(delivery, outcome)
 
-    def _announce(self, outcome: WorkOutcome) -> None:
-        """Publish results-ready for the one caller that completed the inspection."""
-        if not outcome.completed_inspection:
-            return
+    def _results_owed(self, delivery: Delivery, outcome: WorkOutcome) -> bool:
+        """This call completed the inspection, or it is done and its results-ready unconfirmed.
+
+        The second case counts on a redelivered message (a killed completer's own message comes
+        back redelivered), or when the completion is older than ``ORPHANED_COMPLETION_S``; a
+        fresh message racing a live completer leaves the announcing to it.
+        """
+        if outcome.completed_inspection:
+            return True
+        cutoff = None
+        if not delivery.redelivered:
+            cutoff = utcnow() - datetime.timedelta(seconds=ORPHANED_COMPLETION_S)
+        return self.retry(
+            lambda: db.results_pending_publication(
+                self.pipeline.session_factory, outcome.inspection_id, completed_before=cutoff
+            )
+        )
+
+    def _announce(self, delivery: Delivery, outcome: WorkOutcome) -> Action:
+        """Publish results-ready when owed, record it once confirmed; say how to settle.
+
+        At least once: a worker killed after the confirm but before the record, or two workers
+        both finding the announcement owed, send a duplicate; consumers treat it as a refresh.
+        Not published for a broker outage: requeued, and the redelivery owes it still.
+        """
+        if not self._results_owed(delivery, outcome):
+            return Action.ACKED
         event = results_ready_now(
             outcome.inspection_id, outcome.image_count, outcome.analyser, outcome.schema_name
         )
@@ -197,20 +231,34 @@ class MessageHandler:
                     exchange=self.settings.results_exchange,
                     routing_key=self.settings.results_routing_key,
                 )
-                log.info("results_ready_published", images=outcome.image_count)
-                return
             except UnroutableMessageError as error:
+                # nothing bound to the results exchange: acked; still owed, so the next
+                # redelivered or late event for this inspection announces it
                 log.error("results_ready_unroutable", detail=str(error))
-                return
+                return Action.ACKED
             except BrokerUnavailableError as error:
                 if self._abandon.is_set():
                     break
                 log.warning("results_ready_publish_retry", attempt=attempt + 1, error=str(error))
                 self._abandon.wait(self.delay(attempt))
+            else:
+                self.retry(
+                    lambda: db.mark_results_published(
+                        self.pipeline.session_factory, outcome.inspection_id
+                    )
+                )
+                log.info(
+                    "results_ready_published",
+                    images=outcome.image_count,
+                    completed_here=outcome.completed_inspection,
+                )
+                return Action.ACKED
         log.error(
             "results_ready_not_published",
-            detail="the inspection is complete in the database; republish with replay",
+            detail="requeued: the inspection is done in the database and its redelivery "
+            "publishes results-ready",
         )
+        return Action.REQUEUED
 
     def _dead_letter(self, delivery: Delivery, error: ChimpError) -> Action:
         """Copy the message to its DLQ with the reason in headers (confirmed), then ack it."""

@@ -5,10 +5,16 @@ the inspection has a ``done`` or ``failed`` row, a conditional ``UPDATE ... WHER
 'pending'`` flips ``chimp_inspection`` to done. Racing workers may all see the last image
 finished, but the row lock lets exactly one UPDATE match, so exactly one caller gets True and
 publishes the results-ready event.
+
+Announcing is the second phase: the completion commit and the publish cannot share a
+transaction, so ``resultsPublishedAt`` is set only after the broker confirmed results-ready.
+A worker killed in between leaves the inspection done with ``resultsPublishedAt`` NULL, which
+``results_pending_publication`` reports to whoever handles the redelivered message.
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -183,7 +189,49 @@ def try_complete_inspection(session_factory: sessionmaker[Session], inspection_i
                 doneCount=done,
                 failedCount=failed,
                 completedAt=utcnow(),
+                resultsPublishedAt=None,
             )
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def results_pending_publication(
+    session_factory: sessionmaker[Session],
+    inspection_id: int,
+    *,
+    completed_before: datetime.datetime | None = None,
+) -> bool:
+    """True when the inspection is done but no results-ready for it was confirmed yet.
+
+    With ``completed_before`` (naive UTC), only a completion at or before that time counts:
+    a fresh completion is its winner's to announce, an old unannounced one is orphaned.
+    """
+    with transaction(session_factory) as session:
+        row = session.execute(
+            select(ChimpInspection.completedAt).where(
+                ChimpInspection.containerInspectionId == inspection_id,
+                ChimpInspection.state == "done",
+                ChimpInspection.resultsPublishedAt.is_(None),
+            )
+        ).one_or_none()
+    if row is None:
+        return False
+    completed_at = row[0]
+    return completed_before is None or (
+        completed_at is not None and completed_at <= completed_before
+    )
+
+
+def mark_results_published(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
+    """Record that the broker confirmed results-ready; False if already recorded (or reopened)."""
+    with transaction(session_factory) as session:
+        result = session.execute(
+            update(ChimpInspection)
+            .where(ChimpInspection.containerInspectionId == inspection_id)
+            .where(ChimpInspection.state == "done")
+            .where(ChimpInspection.resultsPublishedAt.is_(None))
+            .values(resultsPublishedAt=utcnow())
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
@@ -196,7 +244,7 @@ def reopen_inspection(session_factory: sessionmaker[Session], inspection_id: int
             update(ChimpInspection)
             .where(ChimpInspection.containerInspectionId == inspection_id)
             .where(ChimpInspection.state == "done")
-            .values(state="pending", completedAt=None)
+            .values(state="pending", completedAt=None, resultsPublishedAt=None)
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1

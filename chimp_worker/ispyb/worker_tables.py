@@ -131,7 +131,12 @@ class ChimpDetection(WorkerBase):
 
 
 class ChimpInspection(WorkerBase):
-    """Per-inspection completion: flipped to done exactly once, by a conditional UPDATE."""
+    """Per-inspection completion: flipped to done exactly once, by a conditional UPDATE.
+
+    Completion is two-phase: ``completedAt`` commits first, ``resultsPublishedAt`` only after
+    the broker confirmed results-ready, so a worker killed in between leaves a visible debt
+    that the redelivered message pays.
+    """
 
     __tablename__ = "chimp_inspection"
     __table_args__ = (
@@ -148,3 +153,7 @@ class ChimpInspection(WorkerBase):
     failedCount: Mapped[int | None] = mapped_column(Integer())
     createdAt: Mapped[datetime.datetime] = mapped_column(DateTime())
     completedAt: Mapped[datetime.datetime | None] = mapped_column(DateTime())
+    resultsPublishedAt: Mapped[datetime.datetime | None] = mapped_column(
+        DateTime(),
+        comment="when the broker confirmed results-ready; NULL while done: still owed",
+    )

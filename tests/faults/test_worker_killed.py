@@ -4,6 +4,7 @@ message that kills every worker ends in the dead-letter queue instead of looping
 
 from __future__ import annotations
 
+import datetime
 import signal
 
 import pytest
@@ -11,7 +12,7 @@ from helpers.faults import FaultWorld, WorkerPool, wait_until
 
 from chimp_worker.analysis import Analyser
 from chimp_worker.broker import HEADER_REASON
-from chimp_worker.ispyb.worker_tables import ChimpImageResult
+from chimp_worker.ispyb.worker_tables import ChimpImageResult, ChimpInspection
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.mariadb]
 
@@ -21,6 +22,13 @@ def result_row(world: FaultWorld, image_id: int) -> tuple[object, ...]:
         row = session.get(ChimpImageResult, image_id)
         assert row is not None
         return (row.state, row.resultDigest, row.attempts, row.updatedAt, row.blSamplePositionId)
+
+
+def published_at(world: FaultWorld) -> datetime.datetime | None:
+    with world.factory() as session:
+        row = session.get(ChimpInspection, world.inspection_id)
+        assert row is not None
+        return row.resultsPublishedAt
 
 
 def test_sigkill_during_inference_before_any_commit_is_redone_by_the_restarted_worker(
@@ -100,12 +108,6 @@ def test_a_message_that_kills_every_worker_is_dead_lettered_by_the_delivery_limi
     world.check(analyser)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (reported to QUEUE): the completion is committed before results-ready is "
-    "published, and a redelivered work item finds the inspection done and announces nothing; "
-    "fix: republish results-ready when a redelivered message finds its inspection done",
-)
 def test_sigkill_between_the_completion_commit_and_results_ready_still_announces_it(
     world: FaultWorld, workers: WorkerPool, analyser: Analyser
 ) -> None:
@@ -116,9 +118,11 @@ def test_sigkill_between_the_completion_commit_and_results_ready_still_announces
     world.hook_events.wait_for("completed", worker=first)
     first.kill()
     assert world.inspection_state() == "done"
+    assert published_at(world) is None, "killed before the publish: results-ready still owed"
 
     restarted = workers.start(world.worker_env(), name="w1-restarted")
     wait_until(lambda: world.probe.count(world.work_queue) == 0, 30, "the redelivery")
     restarted.wait_for_log("message_done")
     assert restarted.stop() == 0
     world.check(analyser)  # exactly one results-ready
+    assert published_at(world) is not None, "the redelivery recorded the confirmed publish"
