@@ -88,7 +88,8 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert shown["amqp_url"] == "amqps://w:***@mq/%2F"
-    assert "hunter2" not in result.stdout and "topsecret" not in result.stdout
+    assert "hunter2" not in result.stdout
+    assert "topsecret" not in result.stdout
 
 
 def test_wrong_value_exits_2_with_one_line_and_no_traceback() -> None:
