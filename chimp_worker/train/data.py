@@ -122,7 +122,8 @@ class ClassifierImages(Dataset):
             height, width = pixels.shape[:2]
             new_height, new_width = longest_side_size(height, width, self.input_size)
             if (new_height, new_width) != (height, width):
-                pixels = cv2.resize(pixels, (new_width, new_height), interpolation=cv2.INTER_AREA)
+                # exactly classifier_input's resize, so training sees the worker's pixels
+                pixels = cv2.resize(pixels, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
             self._cache[item] = pixels
         return self._cache[item]
 
