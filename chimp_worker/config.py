@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     classifier_input_size: int = Field(512, ge=32, le=2048)
     score_threshold: float = Field(0.6, ge=0.0, le=1.0)
     mask_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    baseline_writes_targets: bool = Field(
+        False,
+        description=(
+            "let the weight-free baseline write queueable auto BLSubSample and dispensing rows;"
+            " off by default so a heuristic never puts debris in the data-collection queue"
+        ),
+    )
     clahe_clip_limit: float = Field(2.0, gt=0.0, le=40.0)
     dispense_margin_px: float = Field(0.0, ge=0.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -109,8 +109,10 @@ class Pipeline:
         *,
         batch_size: int = 4,
         engine: Engine | None = None,
+        baseline_writes_targets: bool = True,
     ) -> None:
         self.session_factory = session_factory
+        self.baseline_writes_targets = baseline_writes_targets
         self.image_source = image_source
         self.analyser = analyser
         self.batch_size = max(1, batch_size)
@@ -135,6 +137,7 @@ class Pipeline:
             analyser if analyser is not None else make_analyser(settings),
             batch_size=settings.batch_size,
             engine=engine,
+            baseline_writes_targets=settings.baseline_writes_targets,
         )
 
     @property
@@ -323,7 +326,10 @@ class Pipeline:
     def _write(self, image_id: int, analysis: ImageAnalysis) -> bool:
         from chimp_worker.ispyb.writer import write_image_result
 
-        return write_image_result(self.session_factory, image_id, analysis).changed
+        queueable = analysis.analyser != "baseline" or self.baseline_writes_targets
+        return write_image_result(
+            self.session_factory, image_id, analysis, queueable_targets=queueable
+        ).changed
 
     def _record_failure(self, image_id: int, error: ImageFailure) -> None:
         from chimp_worker.ispyb.writer import record_image_failure

@@ -21,7 +21,7 @@ import datetime
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -95,18 +95,31 @@ def _json_number(value: Any) -> Any:
 
 
 def write_image_result(
-    session_factory: sessionmaker[Session], blsample_image_id: int, analysis: ImageAnalysis
+    session_factory: sessionmaker[Session],
+    blsample_image_id: int,
+    analysis: ImageAnalysis,
+    *,
+    queueable_targets: bool = True,
 ) -> WriteOutcome:
-    """Write ``analysis`` for one BLSampleImage; an identical result already stored is a no-op."""
+    """Write ``analysis`` for one BLSampleImage; an identical result already stored is a no-op.
+
+    With ``queueable_targets`` False, crystal targets and the dispense point are kept only in
+    the worker's own tables: every auto BLSubSample is queueable for data collection, so an
+    untrusted analyser (the weight-free baseline) must not create them.
+    """
     digest = result_digest(analysis)
+    # ISPyB's queueable rows come from this view of the result; the worker rows keep it all.
+    queued = analysis if queueable_targets else replace(analysis, crystal_targets=(), dispense=None)
+    if not queueable_targets:
+        digest = hashlib.sha256(f"{digest}|targets-not-queued".encode()).hexdigest()
     with transaction(session_factory) as session:
         image = _lock_image(session, blsample_image_id)
         record = session.get(ChimpImageResult, blsample_image_id)
         if record is not None and record.state == "done" and record.resultDigest == digest:
             return WriteOutcome(blsample_image_id, changed=False)
         _write_probabilities(session, blsample_image_id, analysis)
-        subsample_ids = _replace_auto_subsamples(session, image, analysis)
-        position_id = _replace_dispense_position(session, image, record, analysis)
+        subsample_ids = _replace_auto_subsamples(session, image, queued)
+        position_id = _replace_dispense_position(session, image, record, queued)
         _replace_worker_rows(session, image, record, analysis, digest, subsample_ids, position_id)
         return WriteOutcome(
             blsample_image_id,

@@ -230,3 +230,35 @@ def test_bad_inputs_raise_specific_errors(factory: sessionmaker[Session], plate:
     with pytest.raises(MissingScoreClassError, match="NO_SUCH_SCHEMA"):
         write_image_result(factory, plate.imageIds[0], make_analysis(schema="NO_SUCH_SCHEMA"))
     assert snapshot(factory)["BLSubSample"] == []  # nothing half-written
+
+
+def test_unqueued_targets_stay_in_the_worker_tables_only(
+    factory: sessionmaker[Session], plate: Plate
+) -> None:
+    """A heuristic's candidates must never become queueable auto BLSubSamples."""
+    image_id = plate.imageIds[1]
+    write_image_result(factory, image_id, make_analysis())  # an earlier trusted result
+    assert len(auto_points(factory, image_id)) == 2
+
+    outcome = write_image_result(factory, image_id, make_analysis(), queueable_targets=False)
+    rows = snapshot(factory)
+    assert outcome.changed
+    assert auto_points(factory, image_id) == []
+    assert rows["Position"] == []
+    assert rows["BLSamplePosition"] == []
+    with factory() as session:
+        record = session.get(ChimpImageResult, image_id)
+        assert record is not None
+        assert (record.crystalCount, record.dispenseStatus) == (2, "ok")
+        assert record.dispenseX is not None
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(ChimpDetection)
+                .where(ChimpDetection.blSampleImageId == image_id)
+            )
+            == 3
+        )
+    # Switching back to queueable rewrites: the flag is part of the stored digest.
+    assert write_image_result(factory, image_id, make_analysis()).changed
+    assert len(auto_points(factory, image_id)) == 2
