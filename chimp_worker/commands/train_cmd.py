@@ -243,6 +243,13 @@ def classifier(
 )
 @click.option("--augment/--no-augment", default=True, show_default=True)
 @click.option(
+    "--max-detections",
+    type=click.IntRange(1, 10000),
+    default=100,
+    show_default=True,
+    help="Detections per image kept for the validation mAP (COCO's cap).",
+)
+@click.option(
     "--min-size",
     type=click.IntRange(32, 4096),
     help="torchvision's internal resize (default 800); smaller only to experiment.",
@@ -268,6 +275,7 @@ def detector(
     patience: int,
     metric: str,
     augment: bool,
+    max_detections: int,
     min_size: int | None,
     max_size: int | None,
     seed: int,
@@ -308,6 +316,7 @@ def detector(
         num_workers=workers,
         min_size=min_size,
         max_size=max_size,
+        max_detections=max_detections,
     )
     with RichReporter(f"{metric} mAP") as reporter:
         result = run_detector_training(

@@ -212,14 +212,17 @@ def make_detector_analyser(
     mask_threshold: float = 0.5,
     batch_size: int = 2,
     torch_threads: int = 0,
+    max_detections: int = 100,
 ) -> Any:
     """A ``ChimpAnalyser`` holding one detector (VMXi or XChem, read from the file) that keeps
-    every detection scoring >= 0.05, for mAP."""
+    every detection scoring >= 0.05, at most ``max_detections`` per image (COCO's cap), for
+    mAP."""
     from chimp_worker.models import ChimpAnalyser, configure_threads, load_detector, resolve_device
     from chimp_worker.models.analyser import AnalysisOptions
 
     configure_threads(torch_threads)
     detector = load_detector(path)
+    detector.model.roi_heads.detections_per_img = int(max_detections)
     options = AnalysisOptions(
         score_threshold=MAP_SCORE_THRESHOLD,
         mask_threshold=mask_threshold,

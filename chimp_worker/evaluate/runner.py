@@ -156,6 +156,7 @@ def run_detector_evaluation(
         mask_threshold=settings.mask_threshold,
         batch_size=settings.batch_size,
         torch_threads=settings.torch_threads,
+        max_detections=max_detections,
     )
     test_set = " + ".join(p.stem for p in (annotations, labels_csv) if p is not None)
     return evaluate_detector(

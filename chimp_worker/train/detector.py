@@ -109,6 +109,8 @@ def train_detector(
         model.transform.min_size = (int(config.min_size),)
     if config.max_size is not None:
         model.transform.max_size = int(config.max_size)
+    # COCOeval keeps the top max_detections per image; pasting more full-size masks is waste
+    model.roi_heads.detections_per_img = int(config.max_detections)
     model.to(device)
     labels = label_names(num_classes)
     flavour = "vmxi" if num_classes == 2 else "xchem"
