@@ -37,6 +37,7 @@ from chimp_worker.models.detector import (
     load_detector,
     model_score_threshold,
 )
+from chimp_worker.models.prefetch import prefetched
 from chimp_worker.models.preprocessing import classifier_input, detector_input
 
 if TYPE_CHECKING:
@@ -217,7 +218,19 @@ class ChimpAnalyser:
     # --- stage 2: models, post-processing, geometry --------------------------------------
 
     def analyse(self, images: Sequence[DecodedImage]) -> list[ImageAnalysis]:
-        return self.analyse_prepared([self.prepare(image) for image in images])
+        """Analyse images, preparing the next ones on a helper thread during inference."""
+        results: list[ImageAnalysis] = []
+        batch: list[PreparedImage] = []
+        size = self.options.batch_size
+        with torch.inference_mode():
+            for prepared in prefetched(images, self.prepare, ahead=size):
+                batch.append(prepared)
+                if len(batch) == size:
+                    results.extend(self._analyse_batch(batch))
+                    batch = []
+            if batch:
+                results.extend(self._analyse_batch(batch))
+        return results
 
     def analyse_prepared(self, prepared: Sequence[PreparedImage]) -> list[ImageAnalysis]:
         results: list[ImageAnalysis] = []

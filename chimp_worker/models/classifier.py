@@ -34,6 +34,7 @@ __all__ = [
     "LoadedClassifier",
     "build_classifier",
     "canonical_class_name",
+    "classifier_from_contents",
     "load_classifier",
     "save_classifier_checkpoint",
 ]
@@ -139,7 +140,11 @@ class LoadedClassifier:
 def load_classifier(path: Path) -> LoadedClassifier:
     """Load a classifier checkpoint in the published format; ModelFileError when it is not one."""
     path = Path(path)
-    contents = read_model_file(path, "classifier")
+    return classifier_from_contents(read_model_file(path, "classifier"), path)
+
+
+def classifier_from_contents(contents: Any, path: Path) -> LoadedClassifier:
+    """``load_classifier`` for a file already read with ``read_model_file``."""
     kind = file_kind(contents)
     if kind == "detector":
         raise ModelFileError(

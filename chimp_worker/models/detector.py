@@ -45,6 +45,7 @@ __all__ = [
     "LoadedDetector",
     "build_detector",
     "detections_from_output",
+    "detector_from_contents",
     "label_names",
     "load_detector",
     "model_score_threshold",
@@ -166,7 +167,13 @@ def load_detector(
     ``expected_classes`` (2 for VMXi, 3 for XChem) refuses the other detector's file.
     """
     path = Path(path)
-    contents = read_model_file(path, role)
+    return detector_from_contents(read_model_file(path, role), path, expected_classes, role)
+
+
+def detector_from_contents(
+    contents: object, path: Path, expected_classes: int | None = None, role: str = "detector"
+) -> LoadedDetector:
+    """``load_detector`` for a file already read with ``read_model_file``."""
     state = detector_state_dict(contents)
     if state is None:
         if file_kind(contents) == "classifier":

@@ -1,182 +1,40 @@
-"""Model files in exactly the published formats, built from the real architectures.
+"""Model files for tests: the seeded published-format files, cached between test sessions.
 
-Weights are seeded, so a file (and every output computed with it) is the same on every run.
-Building and saving takes seconds (the detector file is ~170 MB): build once per session with
-``tmp_path_factory`` and share.
-
-``make_detector_file(..., confident=True)`` (the default) adjusts only the final layers so the
-detector *finds things* deterministically: random heads score almost every proposal as one
-class, or none. The class-score layer is calibrated on the box-head features of one rendered
-micrograph so that a few per cent of proposals score >= 0.6 (for XChem, drops and crystals
-alike), and the mask logits are biased up so masks are solid blobs, not speckle.
-``confident=False`` leaves the seeded random weights untouched.
+``make_classifier_file`` / ``make_detector_file`` live in ``chimp_worker.models.seeded`` (the
+benchmark and the demo need them too). Other test packages share the files tests/models
+builds with ``cached_weight_file(request.config.cache.mkdir("chimp-model-weights"),
+"detector", flavour="xchem", seed=0)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import os
 from pathlib import Path
 
-import numpy as np
+import timm
 import torch
+import torchvision
 
-from chimp_worker.analysis import CLASS_NAMES
-from chimp_worker.models.classifier import (
-    DEFAULT_CLASSIFIER_TYPE,
-    build_classifier,
-    save_classifier_checkpoint,
-)
-from chimp_worker.models.detector import (
-    FLAVOUR_CLASSES,
-    build_detector,
-    save_detector_state_dict,
-)
-from chimp_worker.models.preprocessing import detector_input
+from chimp_worker.models import seeded
+from chimp_worker.models.seeded import make_classifier_file, make_detector_file
 
-# Share of the calibration image's proposals that should reach 0.6 for some class.
-_TARGET_CONFIDENT_SHARE = 0.06
-_LOGIT_SPREAD = 4.0  # std of each foreground logit over proposals after calibration
-_MASK_LOGIT_BIAS = 1.5
-
-
-def make_classifier_file(
-    path: Path,
-    class_names: Sequence[str] = CLASS_NAMES,
-    seed: int = 0,
-    *,
-    model_type: str = DEFAULT_CLASSIFIER_TYPE,
-    data_parallel: bool = False,
-) -> Path:
-    """A classifier checkpoint in the published layout (numpy float64 loss_val included)."""
-    torch.manual_seed(seed)
-    model = build_classifier(len(class_names), model_type)
-    _randomise_batch_norm_statistics(model, seed)
-    optimizer = torch.optim.AdamW(model.head.fc.parameters(), lr=1e-4)
-    return save_classifier_checkpoint(
-        model,
-        class_names,
-        path,
-        model_type,
-        loss_val=0.522,
-        optimizer_state=optimizer.state_dict(),
-        data_parallel=data_parallel,
-    )
-
-
-def _randomise_batch_norm_statistics(model: torch.nn.Module, seed: int) -> None:
-    """Give the head's batch norms trained-looking statistics so they are not identities."""
-    generator = torch.Generator().manual_seed(seed + 1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            size = module.num_features
-            module.running_mean.copy_(torch.randn(size, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-
-
-def make_detector_file(
-    path: Path,
-    flavour: str = "vmxi",
-    seed: int = 0,
-    *,
-    confident: bool = True,
-    wrapped: bool = False,
-    data_parallel: bool = False,
-) -> Path:
-    """A detector state_dict file (raw, or under ``model_state_dict`` when ``wrapped``)."""
-    if flavour not in FLAVOUR_CLASSES:
-        raise ValueError(f"flavour must be one of {sorted(FLAVOUR_CLASSES)}, got {flavour!r}")
-    torch.manual_seed(seed)
-    model = build_detector(FLAVOUR_CLASSES[flavour])
-    if confident:
-        _make_confident(model, flavour, seed)
-    return save_detector_state_dict(model, path, wrapped=wrapped, data_parallel=data_parallel)
-
-
-def _box_head_features(model: torch.nn.Module, flavour: str, seed: int) -> torch.Tensor:
-    """Box-head features (proposals, 1024) of one rendered micrograph."""
-    from chimp_worker.mock_imager.synthetic import render_micrograph
-
-    pixels, _ = render_micrograph(flavour, seed, size=(320, 256))
-    captured: list[torch.Tensor] = []
-    hook = model.roi_heads.box_predictor.register_forward_hook(
-        lambda _module, inputs, _output: captured.append(inputs[0].detach().clone())
-    )
-    try:
-        with torch.inference_mode():
-            model([torch.from_numpy(detector_input(pixels))])
-    finally:
-        hook.remove()
-    return captured[0]
-
-
-def _make_confident(model: torch.nn.Module, flavour: str, seed: int) -> None:
-    """Foreground logits along one seeded random direction of the box-head features.
-
-    The direction is made orthogonal to the calibration image's mean feature vector: most of
-    what differs between images is the overall activation level along that mean, so without
-    it the share of confident proposals stays similar from image to image. For XChem the
-    crystal logit is the negated drop logit, so a proposal favours one class or the other and
-    both classes are found; the background logit is a constant chosen so that the target
-    share of the calibration image's proposals reach 0.6.
-    """
-    features = _box_head_features(model, flavour, seed).double()
-    predictor = model.roi_heads.box_predictor.cls_score
-    direction = predictor.weight.detach().double()[1]
-    mean_direction = features.mean(dim=0)
-    mean_direction = mean_direction / mean_direction.norm().clamp_min(1e-12)
-    direction = direction - (direction @ mean_direction) * mean_direction
-    projection = features @ direction
-    scale = _LOGIT_SPREAD / float(projection.std().clamp_min(1e-6))
-    offset = -float(projection.mean()) * scale
-    num_classes = predictor.weight.shape[0]
-    signs = [1.0] if num_classes == 2 else [1.0, -1.0]
-    weight = torch.zeros_like(predictor.weight, dtype=torch.float64)
-    bias = torch.zeros(num_classes, dtype=torch.float64)
-    for index, sign in enumerate(signs, start=1):
-        weight[index] = sign * scale * direction
-        bias[index] = sign * offset
-    foreground = features @ weight[1:].T + bias[1:]
-    bias[0] = _background_bias(foreground)
-    with torch.no_grad():
-        predictor.weight.copy_(weight.float())
-        predictor.bias.copy_(bias.float())
-        model.roi_heads.mask_predictor.mask_fcn_logits.bias.add_(_MASK_LOGIT_BIAS)
-
-
-def _background_bias(foreground: torch.Tensor) -> float:
-    """Background logit at which the target share of proposals reach 0.6 for some class."""
-    low, high = -50.0, 50.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        logits = torch.cat([torch.full((foreground.shape[0], 1), middle).double(), foreground], 1)
-        confident = (logits.softmax(dim=1)[:, 1:] >= 0.6).any(dim=1)
-        share = float(confident.double().mean())
-        if share > _TARGET_CONFIDENT_SHARE:
-            low = middle
-        else:
-            high = middle
-    return float(np.float32(high))
+__all__ = ["cached_weight_file", "make_classifier_file", "make_detector_file"]
 
 
 def cached_weight_file(directory: Path, kind: str, **params: object) -> Path:
     """A weight file built once and reused by later test sessions on this machine.
 
     ``kind`` is "classifier" or "detector"; ``params`` go to the matching ``make_*`` function.
-    The file name carries a hash of the parameters, this module's source and the torch,
+    The file name carries a hash of the parameters, the seeded module's source and the torch,
     torchvision and timm versions, so any change that could alter the weights builds afresh.
     Written under a temporary name and renamed, so concurrent sessions never read half a file.
     """
-    import hashlib
-    import os
-
-    import timm
-    import torchvision
-
     makers = {"classifier": make_classifier_file, "detector": make_detector_file}
     if kind not in makers:
         raise ValueError(f"kind must be classifier or detector, got {kind!r}")
     key = hashlib.sha256()
-    key.update(Path(__file__).read_bytes())
+    key.update(Path(seeded.__file__).read_bytes())
     key.update(f"{torch.__version__} {torchvision.__version__} {timm.__version__}".encode())
     key.update(repr(sorted((name, repr(value)) for name, value in params.items())).encode())
     directory.mkdir(parents=True, exist_ok=True)
