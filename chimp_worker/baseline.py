@@ -60,6 +60,7 @@ _MIN_AREA_FRACTION = 0.03  # of the image: smaller bright regions are not the dr
 _ROUND_LIMIT = 0.85  # contour area / enclosing circle area above this: bubble or droplet
 _SOLIDITY_LIMIT = 0.7  # area / (hull area + half its perimeter) below this: not a crystal
 _GRAINY_DROP = 0.45  # grain fraction above which the drop is full of precipitate
+_PHASE_SEPARATION_BLOBS = 4  # round blobs from which a drop shows phase separation
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class CrystalCandidate:
     contrast: float
     solidity: float
     roundness: float
+    roughness: float  # median grain of the blob's core
+    surroundings: float  # median grain of a ring around it
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,7 @@ def examine(pixels: np.ndarray, *, score_threshold: float = 0.6) -> BaselineResu
     kept = tuple(
         crystal
         for crystal in crystals
-        if crystal.score >= score_threshold
-        and (grain < _GRAINY_DROP or _stands_out_of_precipitate(crystal, work))
+        if crystal.score >= score_threshold and _credible(crystal, work, grain, round_blobs)
     )
     features = DropFeatures(
         grain=grain,
@@ -283,15 +285,24 @@ def find_crystals(
         if roundness > _ROUND_LIMIT:
             round_blobs += 1
             continue
-        if not _smooth_enough(blob, x, y, texture, drop, area, min_area):
-            continue
+        roughness, surroundings = _roughness(blob, x, y, texture, drop)
+        if texture.grainy(surroundings) and (texture.grainy(roughness) or area < 4 * min_area):
+            continue  # in precipitate only large blobs with smooth faces can be crystals
         local = residual[y : y + h, x : x + w]
         contrast = float(np.abs(local[blob]).mean())
         score = 0.4 + 0.3 * min(1.0, contrast / 80) + 0.3 * min(1.0, (solidity - 0.7) / 0.2)
         mask = np.zeros_like(drop)
         mask[y : y + h, x : x + w] = _without_shadow(blob, local, threshold)
         candidates.append(
-            CrystalCandidate(mask, round(min(score, 0.99), 4), contrast, solidity, roundness)
+            CrystalCandidate(
+                mask,
+                round(min(score, 0.99), 4),
+                contrast,
+                solidity,
+                roundness,
+                roughness,
+                surroundings,
+            )
         )
     candidates.sort(key=lambda candidate: -candidate.score)
     return candidates, round_blobs, fibres
@@ -316,8 +327,9 @@ def outcome_probabilities(features: DropFeatures) -> dict[str, float]:
     best_crystal = max(features.crystal_scores, default=0.0)
     logits = {
         "clear": 1.0,
-        "crystals": -3.0 if not features.crystal_scores else 2.0 + 6.0 * (best_crystal - 0.6),
-        "precipitate": 12.0 * (features.grain - 0.4),
+        # Crystals win over precipitate: CHiMP's "crystals" includes drops with both.
+        "crystals": -3.0 if not features.crystal_scores else 5.0 + 5.0 * (best_crystal - 0.6),
+        "precipitate": min(4.5, 12.0 * (features.grain - 0.4)),
         "other": max(features.round_blobs - 2.0, 3.5 * min(features.fibres, 2)) - 1.0,
     }
     top = max(logits.values())
@@ -336,10 +348,15 @@ def _without_shadow(blob: np.ndarray, residual: np.ndarray, threshold: float) ->
     return strong if strong.sum() >= 0.3 * blob.sum() else blob
 
 
-def _stands_out_of_precipitate(crystal: CrystalCandidate, work: np.ndarray) -> bool:
-    """In a drop full of precipitate, clumps look like small crystals: demand large, dark or
-    bright faces (contrast 75 grey levels) before calling a blob a crystal."""
-    return crystal.contrast >= 75 and crystal.mask.sum() >= 6e-4 * min(work.shape) ** 2
+def _credible(crystal: CrystalCandidate, work: np.ndarray, grain: float, round_blobs: int) -> bool:
+    """Among phase-separation droplets (dark rims, bright middles) only a blob that stands out
+    strongly (75 grey levels on average) is a crystal; in a grainy drop, clumps look like
+    small crystals, so only a large blob standing out by 35 grey levels is."""
+    if round_blobs >= _PHASE_SEPARATION_BLOBS and crystal.contrast < 75:
+        return False
+    if grain >= _GRAINY_DROP:
+        return crystal.contrast >= 35 and crystal.mask.sum() >= 6e-4 * min(work.shape) ** 2
+    return True
 
 
 def _flatten_drop(work: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -389,13 +406,13 @@ class Grain:
         return np.asarray(value) > 1.6 * self.noise + 0.8
 
 
-def _smooth_enough(
-    blob: np.ndarray, x: int, y: int, texture: Grain, drop: np.ndarray, area: int, min_area: int
-) -> bool:
-    """In grainy surroundings (precipitate) only large blobs with smooth faces are crystals."""
+def _roughness(
+    blob: np.ndarray, x: int, y: int, texture: Grain, drop: np.ndarray
+) -> tuple[float, float]:
+    """Median grain inside the blob's core and in a ring around it (3 to 5 pixels out)."""
     h, w = blob.shape
-    core = cv2.erode(blob.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     grain = texture.map
+    core = cv2.erode(blob.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     roughness = float(np.median(grain[y : y + h, x : x + w][core if core.any() else blob]))
     y0, y1 = max(0, y - 8), min(grain.shape[0], y + h + 8)
     x0, x1 = max(0, x - 8), min(grain.shape[1], x + w + 8)
@@ -407,9 +424,7 @@ def _smooth_enough(
         & drop[y0:y1, x0:x1]
     )
     surroundings = float(np.median(grain[y0:y1, x0:x1][ring])) if ring.any() else 0.0
-    if not texture.grainy(surroundings):
-        return True
-    return not texture.grainy(roughness) and area >= 4 * min_area
+    return roughness, surroundings
 
 
 def _touches_corner(mask: np.ndarray) -> bool:

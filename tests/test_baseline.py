@@ -89,7 +89,7 @@ def test_the_same_picture_in_grey_or_colour_gives_the_same_result(
 
 @pytest.mark.parametrize(
     ("outcome", "seeds"),
-    [("clear", (2, 6)), ("precipitate", (0, 1)), ("other", (2, 3)), ("crystals", (5, 9))],
+    [("clear", (2, 6)), ("precipitate", (0, 1)), ("other", (3, 4)), ("crystals", (5, 9))],
 )
 def test_typical_drops_get_their_outcome(
     analyser: BaselineAnalyser, outcome: str, seeds: tuple[int, ...]
@@ -148,8 +148,8 @@ def test_the_model_reference_names_the_algorithm_and_its_settings() -> None:
 def test_measured_against_ground_truth_on_a_small_mixed_set(analyser: BaselineAnalyser) -> None:
     """A regression guard for the README's figures (measured there on 200 native images).
 
-    This set (24 quarter-size images, seed 0) measured: drops 24/24, recall 30/42, target
-    precision 30/36, outcomes 20/24, every dispense point inside the free drop.
+    This set (24 quarter-size images, seed 0) measured: drops 24/24, recall 31/42, target
+    precision 31/37, outcomes 20/24, every dispense point inside the free drop.
     """
     result = measure(analyser, mock_images(24, size_divisor=4, seed=0))
     assert result.drops_found == 24
