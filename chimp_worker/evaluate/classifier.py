@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chimp_worker.analysis import CHIMP_SCHEMA, CLASS_NAMES, ISPYB_SCORE_CLASS, DecodedImage
-from chimp_worker.errors import DatasetError, ImageError
+from chimp_worker.errors import DatasetError, ImageError, ImageMissingError
 from chimp_worker.evaluate.datasets import LabelledImage
 from chimp_worker.evaluate.metrics import (
     ClassificationMetrics,
@@ -109,8 +109,6 @@ def read_image(path: Path, max_pixels: int) -> DecodedImage:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        from chimp_worker.errors import ImageMissingError
-
         raise ImageMissingError(f"{path}: {exc.strerror or exc}") from None
     return decode_image(data, str(path), max_pixels)
 

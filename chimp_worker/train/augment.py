@@ -62,11 +62,13 @@ def brightness_contrast(
     return np.clip((values - mean) * c + mean * b + 0.5, 0, 255).astype(np.uint8)
 
 
-def gaussian_blur(image: np.ndarray, rng: np.random.Generator, sigma: tuple[float, float]):
+def gaussian_blur(
+    image: np.ndarray, rng: np.random.Generator, sigma: tuple[float, float]
+) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), float(rng.uniform(*sigma)))
 
 
-def sharpen(image: np.ndarray, rng: np.random.Generator, amount: tuple[float, float]):
+def sharpen(image: np.ndarray, rng: np.random.Generator, amount: tuple[float, float]) -> np.ndarray:
     """Unsharp mask: image + a * (image - blurred)."""
     a = float(rng.uniform(*amount))
     blurred = cv2.GaussianBlur(image, (0, 0), 1.0)

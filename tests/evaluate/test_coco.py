@@ -22,6 +22,9 @@ from chimp_worker.evaluate.coco import (
     load_coco,
 )
 
+# pycocotools' RLE decode trips numpy 2's __array__ copy deprecation; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
+
 HALF_RECALL_AP = 51 / 101
 
 

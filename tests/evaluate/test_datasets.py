@@ -20,6 +20,9 @@ from chimp_worker.evaluate.datasets import (
 from chimp_worker.evaluate.mock_dataset import export_mock_dataset, mask_to_polygons
 from chimp_worker.mock_imager.synthetic import render_micrograph
 
+# pycocotools' RLE decode trips numpy 2's __array__ copy deprecation; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
+
 
 def test_csv_rows_resolve_relative_paths_and_keep_image_ids(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"x")

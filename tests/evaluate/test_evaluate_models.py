@@ -243,3 +243,27 @@ def test_detector_evaluation_gives_map_by_category_and_the_crystals_table(
     written = plot_detector_curves(evaluation.coco.curves, tmp_path)
     assert [p.name for p in written] == ["pr_bbox.png", "pr_segm.png"]
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in written)
+
+
+@pytest.mark.slow
+def test_cli_evaluate_detector_at_the_published_size(
+    weights_dir: Path, xchem_set: MockDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command as a facility runs it: torchvision's 800 px resize, both tables, plots."""
+    detector_file = cached_weight_file(weights_dir, "detector", flavour="xchem", seed=0)
+    json_path, plots = tmp_path / "det.json", tmp_path / "plots"
+    main(
+        ["evaluate", "detector", "--model", str(detector_file), "--annotations",
+         str(xchem_set.annotations), "--iou-type", "segm", "--max-detections", "5",
+         "--json", str(json_path), "--plots", str(plots)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Tables 6/8" in out
+    assert "Tables 7/9" in out
+    data = json.loads(json_path.read_text())
+    assert {s["category"] for s in data["coco"]["scores"]} == {"all", "drop", "crystal"}
+    assert {s["iou_type"] for s in data["coco"]["scores"]} == {"segm"}
+    assert data["coco"]["max_detections"] == 5
+    assert data["coco"]["predictions"] <= 2 * 5
+    assert data["as_classifier"]["metrics"]["images"] == 2
+    assert [p.name for p in plots.iterdir()] == ["pr_segm.png"]
