@@ -150,6 +150,7 @@ def create_plate(
     visit: str = "mx23456-1",
     start: dt.datetime | None = None,
     on_completed: Callable[[MockInspection], None] | None = None,
+    on_image: Callable[[MockImage], None] | None = None,
 ) -> MockPlate:
     """Create a plate, image it ``inspections`` times, return every id and ground truth.
 
@@ -158,7 +159,8 @@ def create_plate(
     inspections listed in ``fault_inspections`` (0-based; default all). ``outcomes``: drop
     location -> outcome class, to fix what a drop shows (default: drawn by seed).
     ``image_size`` (width, height) renders smaller than the imager's native size.
-    ``on_completed`` runs after each inspection is marked Completed (to publish its event).
+    ``on_completed`` runs after each inspection is marked Completed (to publish its event),
+    ``on_image`` after each image file is written (for progress bars).
     """
     spec = get_flavour(flavour)
     width, height = image_size if image_size is not None else (spec.width, spec.height)
@@ -239,6 +241,7 @@ def create_plate(
             faults=(faults or {}) if faulty else {},
             visit_dir=visit_dir,
             microns_per_pixel=microns_per_pixel,
+            on_image=on_image,
         )
         done.append(inspection)
         log.info(
@@ -278,6 +281,7 @@ def _inspect(
     faults: Mapping[int, str],
     visit_dir: Path,
     microns_per_pixel: float,
+    on_image: Callable[[MockImage], None] | None,
 ) -> MockInspection:
     """One imaging run: rows (state 'Imaging'), then the files, then 'Completed'."""
     with transaction(session_factory) as session:
@@ -332,20 +336,21 @@ def _inspect(
         if written is not None:
             path.write_bytes(written)
             thumbnail.write_bytes(encode_thumbnail(pixels))
-        images.append(
-            MockImage(
-                blSampleImageId=image_id,
-                blSampleId=sample_id,
-                containerInspectionId=inspection_id,
-                location=location,
-                well=well,
-                drop=drop,
-                imageFullPath=str(path),
-                thumbnail_path=str(thumbnail),
-                truth=truth,
-                fault=fault,
-            )
+        mock = MockImage(
+            blSampleImageId=image_id,
+            blSampleId=sample_id,
+            containerInspectionId=inspection_id,
+            location=location,
+            well=well,
+            drop=drop,
+            imageFullPath=str(path),
+            thumbnail_path=str(thumbnail),
+            truth=truth,
+            fault=fault,
         )
+        images.append(mock)
+        if on_image is not None:
+            on_image(mock)
 
     completed = scheduled + dt.timedelta(seconds=2 * len(image_rows) + 30)
     with transaction(session_factory) as session:

@@ -55,11 +55,13 @@ def small_plate(
 
 
 def plate_settings(database_url: str, image_root: Path, **overrides: Any) -> Settings:
-    """Settings that read the plate's images from disk, baseline analyser, small batches."""
+    """Settings that read the plate's images from disk: baseline analyser (writing its targets
+    and dispense points into ISPyB's tables, off by default in production), small batches."""
     values: dict[str, Any] = {
         "database_url": database_url,
         "image_roots": [Path(image_root).resolve()],
         "analyser": "baseline",
+        "baseline_writes_targets": True,  # a test database: let the baseline's targets show
         "batch_size": 2,
     }
     values.update(overrides)
