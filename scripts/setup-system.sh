@@ -1,15 +1,33 @@
 #!/usr/bin/env bash
-# Debian packages the build and the tests need: mysqlclient headers, chromium for the report
-# test, systemd-analyze for the unit check. Skips apt when everything is already there.
+# Debian packages, by group:
+#   build  libmariadb-dev + pkg-config, to compile mysqlclient (the demo needs only these)
+#   test   chromium + chromium-driver for the report's browser test, systemd for
+#          systemd-analyze verify of the unit
+# Installs only what is missing, so a second run costs nothing.
 set -euo pipefail
+groups=("${@:-build}")
 need=()
-dpkg -s libmariadb-dev >/dev/null 2>&1 || need+=(libmariadb-dev)
-dpkg -s pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+for group in "${groups[@]}"; do
+    case $group in
+    build)
+        dpkg -s libmariadb-dev >/dev/null 2>&1 || need+=(libmariadb-dev)
+        dpkg -s pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+        ;;
+    test)
+        command -v chromium >/dev/null 2>&1 || need+=(chromium)
+        command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+        command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+        ;;
+    *)
+        echo "setup-system.sh: unknown group $group (build, test)" >&2
+        exit 2
+        ;;
+    esac
+done
 if ((${#need[@]})); then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    echo "installing Debian packages: ${need[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -3,6 +3,7 @@
 # a fresh MariaDB database per test, the local RabbitMQ and headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup-system.sh build test
 bash scripts/venv.sh
 bash scripts/ensure-services.sh
 .venv/bin/ruff check .

@@ -3,6 +3,7 @@
 # nothing changed. torch and torchvision come from this machine's local wheel store via pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup-system.sh build
 if [[ ! -x .venv/bin/python ]]; then
     python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 fi
