@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -40,13 +41,13 @@ from chimp_worker.models import (
 from chimp_worker.train.augment import ClassifierAugment
 from chimp_worker.train.data import ClassifierImages, class_balanced_sampler, image_counts
 from chimp_worker.train.loop import (
-    EarlyStopping,
-    EpochRecord,
+    EpochTracker,
     SilentReporter,
     TrainingReporter,
     TrainingResult,
     one_cycle,
     seed_everything,
+    train_epoch,
     write_atomically,
 )
 
@@ -164,22 +165,23 @@ def train_classifier(
             ),
         )
 
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = batch
+        return nn.functional.cross_entropy(model(inputs.to(device)), targets.to(device))
+
     started = time.perf_counter()
     val_loss, metrics = _validate(model, val_loader, class_names, device)
     start_metric = _score(metrics, config.metric)
-    stopper = EarlyStopping(config.patience)
-    stopper.update(0, start_metric)
+    tracker = EpochTracker(config.patience, reporter, start_metric, val_loss)
     best_metrics = metrics
-    history = [EpochRecord(0, "start", None, val_loss, start_metric, False, None)]
-    reporter.end_epoch(history[0])
     save(val_loss, None)  # the output always holds a loadable model, from the start
 
     head_lr = config.head_lr if config.head_lr is not None else 10 * config.max_lr
     phases = [("head", min(config.frozen_epochs, config.epochs))]
     phases.append(("all", config.epochs - phases[0][1]))
-    epoch, stopped = 0, False
+    epoch = 0
     for phase, phase_epochs in phases:
-        if phase_epochs <= 0 or stopped:
+        if phase_epochs <= 0 or tracker.should_stop:
             continue
         parameters = _set_trainable(model, head_only=phase == "head")
         optimiser, schedule = one_cycle(
@@ -194,52 +196,29 @@ def train_classifier(
             epoch_started = time.perf_counter()
             train_set.set_epoch(epoch)
             reporter.start_epoch(epoch, config.epochs, phase, len(loader))
-            model.train()
-            losses = []
-            for inputs, targets in loader:
-                logits = model(inputs.to(device))
-                loss = nn.functional.cross_entropy(logits, targets.to(device))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                losses.append(loss.item())
-                reporter.step(losses[-1])
+            train_loss = train_epoch(model, loader, loss_of, optimiser, schedule, reporter)
             val_loss, metrics = _validate(model, val_loader, class_names, device)
-            metric = _score(metrics, config.metric)
-            improved = stopper.update(epoch, metric)
-            if improved:
-                best_metrics = metrics
-                save(val_loss, optimiser)
-            record = EpochRecord(
+            if tracker.end_epoch(
                 epoch,
                 phase,
-                sum(losses) / len(losses),
-                val_loss,
-                metric,
-                improved,
-                schedule.get_last_lr()[0],
-                time.perf_counter() - epoch_started,
-            )
-            history.append(record)
-            reporter.end_epoch(record)
-            if stopper.should_stop:
-                stopped = True
+                train_loss=train_loss,
+                val_loss=val_loss,
+                metric=_score(metrics, config.metric),
+                learning_rate=schedule.get_last_lr()[0],
+                started=epoch_started,
+                on_improved=partial(save, val_loss, optimiser),
+            ):
+                best_metrics = metrics
+            if tracker.should_stop:
                 break
     _set_trainable(model, head_only=False)
-    if not stopper.best_epoch:
+    if not tracker.stopper.best_epoch:
         log.warning("train.no_improvement", metric=config.metric, start=start_metric)
-    return TrainingResult(
-        output=Path(config.output),
-        metric_name=config.metric,
-        start_metric=start_metric,
-        best_metric=float(stopper.best or 0.0),
-        best_epoch=stopper.best_epoch,
-        epochs_run=epoch,
-        stopped_early=stopped,
-        device=str(device),
-        history=history,
-        details={
+    return tracker.result(
+        config.output,
+        config.metric,
+        str(device),
+        {
             "model_type": model_type,
             "class_names": list(class_names),
             "input_size": config.input_size,

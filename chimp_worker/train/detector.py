@@ -35,13 +35,13 @@ from chimp_worker.models.detector import label_names
 from chimp_worker.train.augment import DetectorAugment
 from chimp_worker.train.data import DetectorImages, detector_samples
 from chimp_worker.train.loop import (
-    EarlyStopping,
-    EpochRecord,
+    EpochTracker,
     SilentReporter,
     TrainingReporter,
     TrainingResult,
     one_cycle,
     seed_everything,
+    train_epoch,
     write_atomically,
 )
 
@@ -171,12 +171,14 @@ def train_detector(
     def save() -> None:
         write_atomically(config.output, lambda path: save_detector_state_dict(model, path))
 
+    def loss_of(batch: tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]) -> torch.Tensor:
+        images = [image.to(device) for image in batch[0]]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch[1]]
+        return sum(model(images, targets).values())  # type: ignore[return-value]
+
     started = time.perf_counter()
     start_metric, best_scores = validate()
-    stopper = EarlyStopping(config.patience)
-    stopper.update(0, start_metric)
-    history = [EpochRecord(0, "start", None, None, start_metric, False)]
-    reporter.end_epoch(history[0])
+    tracker = EpochTracker(config.patience, reporter, start_metric)
     save()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser, schedule = one_cycle(
@@ -186,55 +188,31 @@ def train_detector(
         epochs=config.epochs,
         steps_per_epoch=len(loader),
     )
-    epoch, stopped = 0, False
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         dataset.set_epoch(epoch)
         reporter.start_epoch(epoch, config.epochs, "all", len(loader))
-        model.train()
-        losses = []
-        for images, targets in loader:
-            images = [image.to(device) for image in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            loss = sum(model(images, targets).values())
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[union-attr]
-            optimiser.step()
-            schedule.step()
-            losses.append(loss.item())  # type: ignore[union-attr]
-            reporter.step(losses[-1])
+        train_loss = train_epoch(model, loader, loss_of, optimiser, schedule, reporter)
         metric, scores = validate()
-        improved = stopper.update(epoch, metric)
-        if improved:
-            best_scores = scores
-            save()
-        record = EpochRecord(
+        if tracker.end_epoch(
             epoch,
             "all",
-            sum(losses) / len(losses),
-            None,
-            metric,
-            improved,
-            schedule.get_last_lr()[0],
-            time.perf_counter() - epoch_started,
-        )
-        history.append(record)
-        reporter.end_epoch(record)
-        if stopper.should_stop:
-            stopped = True
+            train_loss=train_loss,
+            val_loss=None,
+            metric=metric,
+            learning_rate=schedule.get_last_lr()[0],
+            started=epoch_started,
+            on_improved=save,
+        ):
+            best_scores = scores
+        if tracker.should_stop:
             break
     model.eval()
-    return TrainingResult(
-        output=Path(config.output),
-        metric_name=f"{config.metric} AP 0.5:0.95",
-        start_metric=start_metric,
-        best_metric=float(stopper.best or 0.0),
-        best_epoch=stopper.best_epoch,
-        epochs_run=epoch,
-        stopped_early=stopped,
-        device=str(device),
-        history=history,
-        details={
+    return tracker.result(
+        config.output,
+        f"{config.metric} AP 0.5:0.95",
+        str(device),
+        {
             "flavour": flavour,
             "categories": categories,
             "train_images": len(dataset),

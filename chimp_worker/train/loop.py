@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,3 +135,99 @@ class TrainingResult:
         data["output"] = str(self.output)
         data["improved"] = self.improved
         return data
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[Any],
+    loss_of: Callable[[Any], torch.Tensor],
+    optimiser: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    reporter: TrainingReporter,
+) -> float:
+    """One pass over the training batches, the one-cycle rate stepped per batch; returns the
+    mean loss. ``loss_of`` turns a batch into the loss, the only part the models differ in."""
+    model.train()
+    losses: list[float] = []
+    for batch in batches:
+        loss = loss_of(batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        reporter.step(losses[-1])
+    return sum(losses) / len(losses)
+
+
+class EpochTracker:
+    """The bookkeeping both trainers do around their epochs: early stopping on the validation
+    metric, the history, the reporter, and the :class:`TrainingResult` at the end. One place, so
+    the classifier and detector keep and stop by exactly the same rule."""
+
+    def __init__(
+        self,
+        patience: int,
+        reporter: TrainingReporter,
+        start_metric: float,
+        start_val_loss: float | None = None,
+    ) -> None:
+        self.reporter = reporter
+        self.start_metric = start_metric
+        self.stopper = EarlyStopping(patience)
+        self.stopper.update(0, start_metric)
+        self.history = [EpochRecord(0, "start", None, start_val_loss, start_metric, False, None)]
+        self.epochs_run = 0
+        reporter.end_epoch(self.history[0])
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stopper.should_stop
+
+    def end_epoch(
+        self,
+        epoch: int,
+        phase: str,
+        *,
+        train_loss: float,
+        val_loss: float | None,
+        metric: float,
+        learning_rate: float,
+        started: float,
+        on_improved: Callable[[], Any],
+    ) -> bool:
+        """Record a validated epoch; calls ``on_improved`` (write the checkpoint) before the
+        reporter hears of the epoch when it is a new best, and returns whether it was."""
+        self.epochs_run = epoch
+        improved = self.stopper.update(epoch, metric)
+        if improved:
+            on_improved()
+        record = EpochRecord(
+            epoch,
+            phase,
+            train_loss,
+            val_loss,
+            metric,
+            improved,
+            learning_rate,
+            time.perf_counter() - started,
+        )
+        self.history.append(record)
+        self.reporter.end_epoch(record)
+        return improved
+
+    def result(
+        self, output: Path, metric_name: str, device: str, details: dict[str, Any]
+    ) -> TrainingResult:
+        return TrainingResult(
+            output=Path(output),
+            metric_name=metric_name,
+            start_metric=self.start_metric,
+            best_metric=float(self.stopper.best or 0.0),
+            best_epoch=self.stopper.best_epoch,
+            epochs_run=self.epochs_run,
+            stopped_early=self.stopper.should_stop,
+            device=device,
+            history=self.history,
+            details=details,
+        )
