@@ -9,6 +9,17 @@ from pathlib import Path
 import click
 
 from chimp_worker.cli import AppContext, pass_app
+from chimp_worker.commands.options import (
+    FILE,
+    FOLDER,
+    flavour_option,
+    image_root_option,
+    input_size_option,
+    json_output_option,
+    label_map_option,
+    plots_option,
+    seed_option,
+)
 
 _LABEL_MAP_HELP = (
     "Map the CSV's labels first: 'table1' (the paper's VMXi ten-to-four mapping, by score "
@@ -46,14 +57,14 @@ def _write_outputs(data: dict, json_path: Path | None, plots: list[Path]) -> Non
 
 
 @evaluate.command("classifier")
-@click.argument("labels_csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("labels_csv", type=FILE)
 @click.option(
     "--model",
     "model_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Classifier checkpoint (default: classifier_path from the settings).",
 )
-@click.option("--label-map", help=_LABEL_MAP_HELP)
+@label_map_option(_LABEL_MAP_HELP)
 @click.option(
     "--from-database",
     is_flag=True,
@@ -65,27 +76,10 @@ def _write_outputs(data: dict, json_path: Path | None, plots: list[Path]) -> Non
     show_default=True,
     help="With --from-database: the BLSampleImageAutoScoreSchema to read.",
 )
-@click.option(
-    "--image-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Relative image paths are under this folder (default: the CSV's folder).",
-)
-@click.option(
-    "--input-size",
-    type=click.IntRange(32, 2048),
-    help="Classifier input size S (default: classifier_input_size, 512).",
-)
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write every number and every image's outcome as JSON here.",
-)
-@click.option(
-    "--plots",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write pr_classes.png (one-vs-rest precision-recall) into this folder.",
-)
+@image_root_option()
+@input_size_option("Classifier input size S (default: classifier_input_size, 512).")
+@json_output_option("Write every number and every image's outcome as JSON here.")
+@plots_option("Write pr_classes.png (one-vs-rest precision-recall) into this folder.")
 @pass_app
 def classifier(
     app: AppContext,
@@ -144,28 +138,24 @@ def classifier(
 @evaluate.command("detector")
 @click.option(
     "--annotations",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="COCO instances JSON (boxes and polygon masks): gives mAP (Tables 6/8).",
 )
 @click.option(
     "--labels",
     "labels_csv",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="CSV of path,label: gives the crystals/no-crystals table (Tables 7/9). "
     "Without it the table uses the COCO truth.",
 )
 @click.option(
     "--model",
     "model_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Detector state_dict (default: the configured detector).",
 )
-@click.option(
-    "--flavour",
-    type=click.Choice(["vmxi", "xchem"]),
-    help="Which configured detector to use when both are set.",
-)
-@click.option("--label-map", help=_LABEL_MAP_HELP)
+@flavour_option(help_text="Which configured detector to use when both are set.")
+@label_map_option(_LABEL_MAP_HELP)
 @click.option(
     "--category",
     "categories",
@@ -191,22 +181,9 @@ def classifier(
     type=click.FloatRange(0, 1),
     help="Threshold for the classification table (default: score_threshold, 0.6).",
 )
-@click.option(
-    "--image-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Relative image paths are under this folder (default: the file's folder).",
-)
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write every number as JSON here.",
-)
-@click.option(
-    "--plots",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write pr_bbox.png and pr_segm.png (precision-recall) into this folder.",
-)
+@image_root_option("Relative image paths are under this folder (default: the file's folder).")
+@json_output_option("Write every number as JSON here.")
+@plots_option("Write pr_bbox.png and pr_segm.png (precision-recall) into this folder.")
 @pass_app
 def detector(
     app: AppContext,
@@ -275,16 +252,10 @@ def detector(
 
 
 @evaluate.command("mock-dataset")
-@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--flavour", type=click.Choice(["vmxi", "xchem"]), default="vmxi", show_default=True)
+@click.argument("folder", type=FOLDER)
+@flavour_option(default="vmxi")
 @click.option("--count", type=click.IntRange(1, 100000), default=40, show_default=True)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Image n is rendered with seed + n; use different seeds for train and test.",
-)
+@seed_option("Image n is rendered with seed + n; use different seeds for train and test.")
 @click.option(
     "--size",
     default="320x256",

@@ -8,8 +8,16 @@ from pathlib import Path
 import click
 
 from chimp_worker.cli import AppContext, pass_app
-
-_FILE = click.Path(dir_okay=False, path_type=Path)
+from chimp_worker.commands.options import (
+    FILE,
+    flavour_option,
+    image_root_option,
+    input_size_option,
+    label_map_option,
+    optimiser_options,
+    training_input_options,
+    training_run_options,
+)
 
 
 @click.group()
@@ -35,18 +43,12 @@ def _finish(result: object, history: Path | None) -> None:
 
 
 @train.command("classifier")
-@click.argument("train_csv", type=_FILE)
-@click.option("--output", "-o", type=_FILE, required=True, help="Checkpoint to write.")
-@click.option("--val", "val_csv", type=_FILE, help="Validation CSV (else --val-fraction).")
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.2,
-    show_default=True,
-    help="Stratified share held out without --val.",
-)
-@click.option(
-    "--init", type=_FILE, help="Published-format checkpoint to fine-tune (else random weights)."
+@click.argument("train_csv", type=FILE)
+@training_input_options(
+    output_help="Checkpoint to write.",
+    val_help="Validation CSV (else --val-fraction).",
+    val_fraction_help="Stratified share held out without --val.",
+    init_help="Published-format checkpoint to fine-tune (else random weights).",
 )
 @click.option(
     "--model-type",
@@ -54,18 +56,17 @@ def _finish(result: object, history: Path | None) -> None:
     show_default=True,
     help="timm architecture when training without --init.",
 )
-@click.option("--label-map", help="'table1' (VMXi ten-to-four) or a JSON/CSV file of from,to.")
-@click.option(
-    "--image-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Relative image paths are under this folder (default: the CSV's folder).",
+@label_map_option("'table1' (VMXi ten-to-four) or a JSON/CSV file of from,to.")
+@image_root_option()
+@input_size_option("Input size S (default: classifier_input_size, 512).")
+@optimiser_options(
+    epochs=10,
+    batch_size=16,
+    batch_range=(2, 1024),
+    max_lr=1e-4,
+    patience=3,
+    patience_help="Stop after this many epochs without improvement (0: never).",
 )
-@click.option(
-    "--input-size",
-    type=click.IntRange(32, 2048),
-    help="Input size S (default: classifier_input_size, 512).",
-)
-@click.option("--epochs", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option(
     "--frozen-epochs",
     type=click.IntRange(0, 1000),
@@ -73,24 +74,7 @@ def _finish(result: object, history: Path | None) -> None:
     show_default=True,
     help="First epochs train only the head, backbone frozen (the paper: 1).",
 )
-@click.option("--batch-size", type=click.IntRange(2, 1024), default=16, show_default=True)
-@click.option(
-    "--lr",
-    "max_lr",
-    type=float,
-    default=1e-4,
-    show_default=True,
-    help="Peak one-cycle learning rate (AdamW).",
-)
 @click.option("--head-lr", type=float, help="Peak rate of the head-only epochs [10 x --lr].")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option(
-    "--patience",
-    type=click.IntRange(0, 1000),
-    default=3,
-    show_default=True,
-    help="Stop after this many epochs without improvement (0: never).",
-)
 @click.option(
     "--metric",
     type=click.Choice(["mean_f1", "accuracy"]),
@@ -110,21 +94,13 @@ def _finish(result: object, history: Path | None) -> None:
     is_flag=True,
     help="Store AdamW's moments in the checkpoint (to resume; triples its size).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(0, 64),
-    default=0,
-    show_default=True,
-    help="Data-loader processes.",
-)
-@click.option("--history", type=_FILE, help="Write the run's history and metrics as JSON.")
+@training_run_options()
 @pass_app
 def classifier(
     app: AppContext,
     train_csv: Path,
     output: Path,
-    val_csv: Path | None,
+    val_path: Path | None,
     val_fraction: float,
     init: Path | None,
     model_type: str,
@@ -189,7 +165,7 @@ def classifier(
             settings,
             train_csv,
             config,
-            val_csv=val_csv,
+            val_csv=val_path,
             val_fraction=val_fraction,
             label_map=label_map,
             image_root=image_root,
@@ -199,41 +175,16 @@ def classifier(
 
 
 @train.command("detector")
-@click.argument("train_annotations", type=_FILE)
-@click.option("--output", "-o", type=_FILE, required=True, help="state_dict file to write.")
-@click.option(
-    "--val", "val_annotations", type=_FILE, help="Validation COCO JSON (else --val-fraction)."
+@click.argument("train_annotations", type=FILE)
+@training_input_options(
+    output_help="state_dict file to write.",
+    val_help="Validation COCO JSON (else --val-fraction).",
+    val_fraction_help="Share of images held out without --val.",
+    init_help="Published-format detector to fine-tune.",
 )
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.2,
-    show_default=True,
-    help="Share of images held out without --val.",
-)
-@click.option("--init", type=_FILE, help="Published-format detector to fine-tune.")
-@click.option(
-    "--flavour",
-    type=click.Choice(["vmxi", "xchem"]),
-    help="vmxi: crystals; xchem: drops and crystals (required without --init).",
-)
-@click.option(
-    "--image-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Relative image paths are under this folder (default: the JSON's folder).",
-)
-@click.option("--epochs", type=click.IntRange(1, 1000), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True)
-@click.option(
-    "--lr",
-    "max_lr",
-    type=float,
-    default=2e-4,
-    show_default=True,
-    help="Peak one-cycle learning rate (AdamW).",
-)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--patience", type=click.IntRange(0, 1000), default=5, show_default=True)
+@flavour_option(help_text="vmxi: crystals; xchem: drops and crystals (required without --init).")
+@image_root_option("Relative image paths are under this folder (default: the JSON's folder).")
+@optimiser_options(epochs=20, batch_size=4, batch_range=(1, 256), max_lr=2e-4, patience=5)
 @click.option(
     "--metric",
     type=click.Choice(["bbox", "segm"]),
@@ -255,15 +206,13 @@ def classifier(
     help="torchvision's internal resize (default 800); smaller only to experiment.",
 )
 @click.option("--max-size", type=click.IntRange(32, 4096), help="(default 1333)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True)
-@click.option("--history", type=_FILE, help="Write the run's history and metrics as JSON.")
+@training_run_options()
 @pass_app
 def detector(
     app: AppContext,
     train_annotations: Path,
     output: Path,
-    val_annotations: Path | None,
+    val_path: Path | None,
     val_fraction: float,
     init: Path | None,
     flavour: str | None,
@@ -323,7 +272,7 @@ def detector(
             settings,
             train_annotations,
             config,
-            val_annotations=val_annotations,
+            val_annotations=val_path,
             val_fraction=val_fraction,
             image_root=image_root,
             reporter=reporter,
