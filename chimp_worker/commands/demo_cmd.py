@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -11,6 +10,14 @@ from typing import TYPE_CHECKING
 import click
 
 from chimp_worker.cli import AppContext, pass_app
+from chimp_worker.commands.options import (
+    FOLDER,
+    flavour_option,
+    image_faults_option,
+    render_size_option,
+    schedule_option,
+    seed_option,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -19,68 +26,25 @@ if TYPE_CHECKING:
     from chimp_worker.mock_imager.demo import DemoOptions, DemoResult
     from chimp_worker.pipeline import ImageProgress
 
-_SIZE = re.compile(r"^(\d+)x(\d+)$")
-_FAULT = re.compile(r"^(\d+)=(\w+)$")
 # One character per drop on the plate map, by top class.
 _MARKS = {"crystal": "X", "clear": ".", "precipitant": "p", "other": "o"}
-
-
-def _parse_size(
-    _ctx: click.Context, _param: click.Parameter, value: str | None
-) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    match = _SIZE.match(value)
-    if match is None or min(int(match[1]), int(match[2])) < 64:
-        raise click.BadParameter(f"expected WIDTHxHEIGHT of at least 64x64; got {value!r}")
-    return int(match[1]), int(match[2])
-
-
-def _parse_faults(
-    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
-) -> dict[int, str]:
-    from chimp_worker.mock_imager.faults import FILE_FAULTS
-
-    faults: dict[int, str] = {}
-    for value in values:
-        match = _FAULT.match(value)
-        if match is None or match[2] not in FILE_FAULTS:
-            raise click.BadParameter(
-                f"expected LOCATION=FAULT, FAULT one of {', '.join(sorted(FILE_FAULTS))}; "
-                f"got {value!r}"
-            )
-        faults[int(match[1])] = match[2]
-    return faults
 
 
 @click.command()
 @click.option(
     "--out",
     "output_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FOLDER,
     default=Path("chimp-worker-demo"),
     show_default=True,
     help="Directory for the SQLite database, the images and the report.",
 )
-@click.option("--flavour", type=click.Choice(["vmxi", "xchem"]), default="vmxi", show_default=True)
+@flavour_option(default="vmxi")
 @click.option("--wells", type=click.IntRange(1, 96), default=12, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--schedule",
-    "inspections",
-    type=click.IntRange(1, 10),
-    default=1,
-    show_default=True,
-    help="Inspections of the plate (crystals grow between them).",
-)
-@click.option("--size", callback=_parse_size, help="Render WIDTHxHEIGHT (default: native).")
-@click.option(
-    "--fault",
-    "faults",
-    multiple=True,
-    callback=_parse_faults,
-    help="Damage a drop's image: LOCATION=missing|truncated|corrupt|empty|not_image.",
-)
+@seed_option()
+@schedule_option(10, "Inspections of the plate (crystals grow between them).")
+@render_size_option(64, "Render WIDTHxHEIGHT (default: native).")
+@image_faults_option("Damage a drop's image: LOCATION=missing|truncated|corrupt|empty|not_image.")
 @click.option("--http", "over_http", is_flag=True, help="Fetch images over a loopback HTTP server.")
 @click.option("--no-report", is_flag=True, help="Skip the HTML/PNG plate overview.")
 @pass_app

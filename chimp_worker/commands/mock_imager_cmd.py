@@ -3,62 +3,30 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from chimp_worker.cli import AppContext, pass_app
+from chimp_worker.commands.options import (
+    flavour_option,
+    image_faults_option,
+    image_root_option,
+    render_size_option,
+    schedule_option,
+    seed_option,
+)
 
 if TYPE_CHECKING:
     from chimp_worker.config import Settings
     from chimp_worker.mock_imager.imager import PlateRequest
     from chimp_worker.mock_imager.plate import MockInspection
 
-_SIZE = re.compile(r"^(\d+)x(\d+)$")
-_FAULT = re.compile(r"^(\d+)=(\w+)$")
-
-
-def _parse_size(
-    _ctx: click.Context, _param: click.Parameter, value: str | None
-) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    match = _SIZE.match(value)
-    if match is None or min(int(match[1]), int(match[2])) < 32:
-        raise click.BadParameter(
-            f"expected WIDTHxHEIGHT of at least 32x32, e.g. 1266x1014; got {value!r}"
-        )
-    return int(match[1]), int(match[2])
-
-
-def _parse_faults(
-    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
-) -> dict[int, str]:
-    from chimp_worker.mock_imager.faults import FILE_FAULTS
-
-    faults: dict[int, str] = {}
-    for value in values:
-        match = _FAULT.match(value)
-        if match is None or match[2] not in FILE_FAULTS:
-            raise click.BadParameter(
-                f"expected LOCATION=FAULT with FAULT one of "
-                f"{', '.join(sorted(FILE_FAULTS))}; got {value!r}"
-            )
-        faults[int(match[1])] = match[2]
-    return faults
-
 
 @click.command("mock-imager")
 @click.option("--barcode", help="Plate barcode (default: MOCK-<date and time>).")
-@click.option(
-    "--flavour",
-    type=click.Choice(["vmxi", "xchem"]),
-    default="vmxi",
-    show_default=True,
-    help="vmxi: 2532x2028 greyscale; xchem: 1224x1024 colour.",
-)
+@flavour_option(default="vmxi", help_text="vmxi: 2532x2028 greyscale; xchem: 1224x1024 colour.")
 @click.option(
     "--container-type",
     default="CrystalQuickX",
@@ -68,15 +36,8 @@ def _parse_faults(
 @click.option(
     "--wells", type=click.IntRange(1, 96), help="Image only the first N wells (default: all 96)."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same plate.")
-@click.option(
-    "--schedule",
-    "inspections",
-    type=click.IntRange(1, 30),
-    default=1,
-    show_default=True,
-    help="Inspections of the plate, crystals growing between them.",
-)
+@seed_option("Same seed, same plate.")
+@schedule_option(30, "Inspections of the plate, crystals growing between them.")
 @click.option(
     "--interval",
     "interval_s",
@@ -85,20 +46,12 @@ def _parse_faults(
     show_default=True,
     help="Seconds to wait between the inspections of a schedule.",
 )
-@click.option(
-    "--size", callback=_parse_size, help="Render WIDTHxHEIGHT instead of the imager's size."
+@render_size_option(32, "Render WIDTHxHEIGHT instead of the imager's size.")
+@image_faults_option(
+    "Damage the image at a drop LOCATION: LOCATION=missing|truncated|corrupt|empty|not_image."
 )
-@click.option(
-    "--fault",
-    "faults",
-    multiple=True,
-    callback=_parse_faults,
-    help="Damage the image at a drop LOCATION: LOCATION=missing|truncated|corrupt|empty|not_image.",
-)
-@click.option(
-    "--image-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the visit directory goes (default: first CHIMP_IMAGE_ROOTS, else ./mock-images).",
+@image_root_option(
+    "Where the visit directory goes (default: first CHIMP_IMAGE_ROOTS, else ./mock-images)."
 )
 @click.option(
     "--visit", default="mx23456-1", show_default=True, help="The visit the plate belongs to."
