@@ -31,12 +31,11 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 import structlog
 
@@ -46,7 +45,7 @@ from chimp_worker.errors import (
     BrokerUnavailableError,
     UnroutableMessageError,
 )
-from chimp_worker.handling import Action, MessageHandler, WorkAbandonedError
+from chimp_worker.handling import Action, MessageHandler, OutgoingMessage, WorkAbandonedError
 from chimp_worker.health import HealthServer, Liveness
 from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
@@ -79,16 +78,8 @@ class _InFlight:
 
 @dataclass
 class _PublishRequest:
-    body: bytes
-    exchange: str
-    routing_key: str
-    event_type: str | None
-    headers: Mapping[str, Any] | None
-    message_id: str | None
-    priority: int | None
-    content_type: str | None
-    session_id: int | None  # publish only on this session (None: any)
-    done: Future[None]
+    message: OutgoingMessage
+    done: Future[None]  # the broker's confirm, or the error, for the waiting worker thread
 
 
 class _WorkerPool:
@@ -305,19 +296,20 @@ class Daemon:
             self._settle_now(session, settlement)
 
     def _publish_now(self, session: BrokerSession, request: _PublishRequest) -> None:
-        if request.session_id is not None and request.session_id != session.session_id:
+        message = request.message
+        if message.session_id is not None and message.session_id != session.session_id:
             request.done.set_exception(StaleDeliveryError("connection changed; not publishing"))
             return
         try:
             session.publish(
-                request.body,
-                exchange=request.exchange,
-                routing_key=request.routing_key,
-                event_type=request.event_type,
-                headers=request.headers,
-                message_id=request.message_id,
-                priority=request.priority,
-                content_type=request.content_type,
+                message.body,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                event_type=message.event_type,
+                headers=message.headers,
+                message_id=message.message_id,
+                priority=message.priority,
+                content_type=message.content_type,
             )
         except UnroutableMessageError as error:
             request.done.set_exception(error)
@@ -325,7 +317,7 @@ class Daemon:
             request.done.set_exception(error)
             raise
         else:
-            self.metrics.published.labels(request.event_type or "raw").inc()
+            self.metrics.published.labels(message.event_type or "raw").inc()
             request.done.set_result(None)
 
     def _settle_now(self, session: BrokerSession | None, settlement: _Settlement) -> None:
@@ -468,35 +460,10 @@ class Daemon:
                     seconds=round(time.perf_counter() - started, 3),
                 )
 
-    def _publish_body(
-        self,
-        body: bytes,
-        *,
-        exchange: str,
-        routing_key: str,
-        event_type: str | None,
-        headers: Mapping[str, Any] | None,
-        message_id: str | None,
-        priority: int | None,
-        content_type: str | None,
-        session_id: int | None,
-    ) -> None:
+    def _publish_body(self, message: OutgoingMessage) -> None:
         """Hand a publish to the I/O thread and wait for the broker's confirm (any thread)."""
         done: Future[None] = Future()
-        self._publish_requests.put(
-            _PublishRequest(
-                body,
-                exchange,
-                routing_key,
-                event_type,
-                headers,
-                message_id,
-                priority,
-                content_type,
-                session_id,
-                done,
-            )
-        )
+        self._publish_requests.put(_PublishRequest(message, done))
         self._wake()
         try:
             done.result(timeout=self.settings.publish_timeout_s)

@@ -26,6 +26,7 @@ import enum
 import random
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -85,22 +86,25 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Rand
     return rng.uniform(0, min(max_s, initial_s * 2 ** min(attempt, 30)))
 
 
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message the handler wants published; the daemon's I/O thread sends it as it is."""
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    event_type: str | None
+    headers: Mapping[str, Any] | None
+    message_id: str | None
+    priority: int | None
+    content_type: str | None
+    session_id: int | None  # publish only on this broker session (None: any)
+
+
 class Publish(Protocol):
     """Publish with confirm + mandatory, blocking until the broker confirms (thread-safe)."""
 
-    def __call__(
-        self,
-        body: bytes,
-        *,
-        exchange: str,
-        routing_key: str,
-        event_type: str | None,
-        headers: Mapping[str, Any] | None,
-        message_id: str | None,
-        priority: int | None,
-        content_type: str | None,
-        session_id: int | None,
-    ) -> None: ...
+    def __call__(self, message: OutgoingMessage) -> None: ...
 
 
 class MessageHandler:
@@ -266,15 +270,17 @@ class MessageHandler:
         self.metrics.failures.labels(error.reason).inc()
         try:
             self._publish_body(
-                delivery.body,
-                exchange="",
-                routing_key=dead_letter_queue(delivery.queue),
-                event_type=delivery.properties.get("type"),
-                headers=dead_letter_headers(delivery, error.reason, str(error)),
-                message_id=delivery.message_id,
-                priority=None,
-                content_type=delivery.properties.get("content_type"),
-                session_id=delivery.session_id,
+                OutgoingMessage(
+                    delivery.body,
+                    exchange="",
+                    routing_key=dead_letter_queue(delivery.queue),
+                    event_type=delivery.properties.get("type"),
+                    headers=dead_letter_headers(delivery, error.reason, str(error)),
+                    message_id=delivery.message_id,
+                    priority=None,
+                    content_type=delivery.properties.get("content_type"),
+                    session_id=delivery.session_id,
+                )
             )
         except BrokerUnavailableError:
             return Action.REQUEUED  # stale anyway: the redelivery will be dead-lettered
@@ -289,15 +295,17 @@ class MessageHandler:
         routing_key: str | None = None,
     ) -> None:
         self._publish_body(
-            event.encode(),
-            exchange=exchange,
-            routing_key=routing_key or self.settings.work_queue,
-            event_type=event.event_type,
-            headers=None,
-            message_id=None,
-            priority=getattr(event, "priority", None),
-            content_type=CONTENT_TYPE,
-            session_id=session_id,
+            OutgoingMessage(
+                event.encode(),
+                exchange=exchange,
+                routing_key=routing_key or self.settings.work_queue,
+                event_type=event.event_type,
+                headers=None,
+                message_id=None,
+                priority=getattr(event, "priority", None),
+                content_type=CONTENT_TYPE,
+                session_id=session_id,
+            )
         )
 
     def retry(self, unit: Callable[[], T]) -> T:
