@@ -39,12 +39,13 @@ def workers() -> Iterator[WorkerPool]:
 
 @pytest.fixture
 def world(
-    faults_database: str, amqp_url: str, queue_prefix: str, tmp_path: Path
+    faults_database: str, amqp_url: str, queue_prefix: str, tmp_path: Path, workers: WorkerPool
 ) -> Iterator[FaultWorld]:
     """Two wells (four images) of a fresh plate; its queues are deleted afterwards."""
     world = FaultWorld.create(
         mariadb_url_for(faults_database), tmp_path / "images", amqp_url, queue_prefix, wells=2
     )
+    world.pool = workers
     yield world
     world.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,8 +59,8 @@ EXPECTED_REASONS = {
 
 @pytest.fixture
 def damaged_world(
-    faults_database: str, amqp_url: str, queue_prefix: str, tmp_path: Path
-) -> FaultWorld:
+    faults_database: str, amqp_url: str, queue_prefix: str, tmp_path: Path, workers: WorkerPool
+) -> Iterator[FaultWorld]:
     world = FaultWorld.create(
         mariadb_url_for(faults_database),
         tmp_path / "images",
@@ -68,6 +69,7 @@ def damaged_world(
         wells=5,
         faults=MOCK_FAULTS,
     )
+    world.pool = workers
     contents = {"zero_by_zero": png(0, 0, b""), "bomb": decompression_bomb()}
     for location, (kind, _reason) in WRITTEN_FAULTS.items():
         image = next(i for i in world.plate.latest.images if i.location == location)

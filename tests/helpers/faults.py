@@ -327,6 +327,7 @@ class FaultWorld:
     probe: RabbitProbe
     hook_events: HookEvents
     delivery_limit: int = 5  # set before the first declare: queues must match every worker
+    pool: WorkerPool | None = None  # whose logs a time-out shows
 
     @classmethod
     def create(
@@ -386,6 +387,7 @@ class FaultWorld:
             "CHIMP_RESULTS_QUEUE": self.results_queue,
             "CHIMP_IMAGE_ROOTS": json.dumps([str(self.image_root)]),
             "CHIMP_ANALYSER": "baseline",
+            "CHIMP_BASELINE_WRITES_TARGETS": "true",  # exercise every ISPyB table it writes
             "CHIMP_BATCH_SIZE": "2",
             "CHIMP_IMAGES_PER_WORK_ITEM": "2",
             "CHIMP_RETRY_INITIAL_WAIT_S": "0.2",
@@ -476,7 +478,8 @@ class FaultWorld:
                 lambda: self.inspection_state() == "done", timeout_s, "the inspection to complete"
             )
         except AssertionError as error:
-            tails = "".join(f"\n--- {w.name}:\n{w.tail()}" for w in watch)
+            shown = watch or (self.pool.started if self.pool else ())
+            tails = "".join(f"\n--- {w.name}:\n{w.tail()}" for w in shown)
             raise AssertionError(f"{error}{tails}") from None
 
     def check(

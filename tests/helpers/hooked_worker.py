@@ -86,10 +86,10 @@ def install_hooks() -> None:
     original_write = writer.write_image_result
     writes = [0]
 
-    def write_image_result(session_factory: Any, blsample_image_id: int, analysis: Any) -> Any:
-        outcome = original_write(session_factory, blsample_image_id, analysis)  # committed
+    def write_image_result(*args: Any, **kwargs: Any) -> Any:
+        outcome = original_write(*args, **kwargs)  # committed
         writes[0] += 1
-        _note("written", str(blsample_image_id))
+        _note("written", str(outcome.blSampleImageId))
         if write_pause > 0 and writes[0] <= write_limit:
             time.sleep(write_pause)
         return outcome
@@ -99,10 +99,10 @@ def install_hooks() -> None:
     complete_pause = float(os.environ.get("FAULT_HOOK_AFTER_COMPLETE_PAUSE_S", "0"))
     original_complete = progress.try_complete_inspection
 
-    def try_complete_inspection(session_factory: Any, inspection_id: int) -> bool:
-        completed = original_complete(session_factory, inspection_id)  # committed
+    def try_complete_inspection(*args: Any, **kwargs: Any) -> bool:
+        completed = original_complete(*args, **kwargs)  # committed
         if completed:
-            _note("completed", str(inspection_id))
+            _note("completed", str(args[1] if len(args) > 1 else kwargs["inspection_id"]))
             time.sleep(complete_pause)
         return completed
 
