@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from helpers.ispyb_rows import CLASSIFIER, DETECTOR  # the data layer tests' model refs
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,8 +34,6 @@ from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.writer import record_image_failure, write_image_result
 
-CLASSIFIER = ModelRef("classifier", "convnext_tiny", "a" * 64)
-DETECTOR = ModelRef("xchem_detector", "maskrcnn_resnet50_fpn", "b" * 64)
 IMAGE_SIZE = (1224, 1024)  # width, height of the test JPEGs (XChem imager size)
 
 
