@@ -47,20 +47,27 @@ def table5(rows: Sequence[tuple[str, str, ClassificationMetrics]]) -> Table:
     return table
 
 
-def per_class_table(metrics: ClassificationMetrics, title: str) -> Table:
-    """Precision, recall, F1 and counts per class (Supplementary Table S9's columns)."""
-    table = Table(title=title)
-    for heading in ("Class", "Precision", "Recall", "F1", "Support", "Predicted"):
+def _add_class_rows(table: Table, metrics: ClassificationMetrics, *, predicted: bool) -> None:
+    """A row per class of precision, recall, F1 and support (and predicted count): the
+    classifier's table and the detector-as-classifier table read the same way."""
+    headings = ["Class", "Precision", "Recall", "F1", "Support"]
+    for heading in [*headings, "Predicted"] if predicted else headings:
         table.add_column(heading, justify="left" if heading == "Class" else "right")
     for entry in metrics.per_class:
-        table.add_row(
+        cells = [
             entry.name.capitalize(),
             _number(entry.precision),
             _number(entry.recall),
             _number(entry.f1),
             str(entry.support),
-            str(entry.predicted),
-        )
+        ]
+        table.add_row(*cells, *([str(entry.predicted)] if predicted else []))
+
+
+def per_class_table(metrics: ClassificationMetrics, title: str) -> Table:
+    """Precision, recall, F1 and counts per class (Supplementary Table S9's columns)."""
+    table = Table(title=title)
+    _add_class_rows(table, metrics, predicted=True)
     table.caption = f"mean F1 {metrics.mean_f1:.4f}, accuracy {metrics.accuracy:.4f}, "
     table.caption += f"{metrics.images} images"
     if any(metrics.unpredicted):
@@ -120,16 +127,7 @@ def binary_table(metrics: ClassificationMetrics, score_threshold: float) -> Tabl
             f">= {score_threshold:g} (paper Tables 7/9 layout)"
         )
     )
-    for heading in ("Class", "Precision", "Recall", "F1", "Support"):
-        table.add_column(heading, justify="left" if heading == "Class" else "right")
-    for entry in metrics.per_class:
-        table.add_row(
-            entry.name.capitalize(),
-            _number(entry.precision),
-            _number(entry.recall),
-            _number(entry.f1),
-            str(entry.support),
-        )
+    _add_class_rows(table, metrics, predicted=False)
     return table
 
 
