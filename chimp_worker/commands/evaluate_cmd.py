@@ -18,6 +18,7 @@ from chimp_worker.commands.options import (
     json_output_option,
     label_map_option,
     plots_option,
+    render_size_option,
     seed_option,
 )
 
@@ -256,11 +257,11 @@ def detector(
 @flavour_option(default="vmxi")
 @click.option("--count", type=click.IntRange(1, 100000), default=40, show_default=True)
 @seed_option("Image n is rendered with seed + n; use different seeds for train and test.")
-@click.option(
-    "--size",
+@render_size_option(
+    32,
+    "WIDTHxHEIGHT to render at, or 'native' for the imager's full size.",
     default="320x256",
-    show_default=True,
-    help="WIDTHxHEIGHT to render at, or 'native' for the imager's full size.",
+    native=True,
 )
 @click.option(
     "--drops/--no-drops",
@@ -268,7 +269,12 @@ def detector(
     help="Annotate drops too (default: for xchem only, as its detector finds drops).",
 )
 def mock_dataset(
-    folder: Path, flavour: str, count: int, seed: int, size: str, drops: bool | None
+    folder: Path,
+    flavour: str,
+    count: int,
+    seed: int,
+    size: tuple[int, int] | None,
+    drops: bool | None,
 ) -> None:
     """Render a labelled mock-imager data set to evaluate or train on.
 
@@ -282,19 +288,9 @@ def mock_dataset(
     """
     from chimp_worker.evaluate.mock_dataset import export_mock_dataset
 
-    if size == "native":
-        dimensions = None
-    else:
-        try:
-            width, height = (int(v) for v in size.lower().split("x"))
-        except ValueError:
-            raise click.BadParameter(
-                "expected WIDTHxHEIGHT, e.g. 320x256", param_hint="--size"
-            ) from None
-        dimensions = (width, height)
     try:
         exported = export_mock_dataset(
-            folder, flavour=flavour, count=count, seed=seed, size=dimensions, with_drops=drops
+            folder, flavour=flavour, count=count, seed=seed, size=size, with_drops=drops
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

@@ -76,15 +76,18 @@ def workers_option(help_text: str | None = None) -> Decorator:
     )
 
 
-def render_size_option(minimum: int, help_text: str) -> Decorator:
-    """``--size WIDTHxHEIGHT`` parsed to ``(width, height)``, None when not given."""
+def render_size_option(
+    minimum: int, help_text: str, *, default: str | None = None, native: bool = False
+) -> Decorator:
+    """``--size WIDTHxHEIGHT`` parsed to ``(width, height)``; None when not given (or, with
+    ``native``, when given as 'native': the imager's own size)."""
 
     def parse(
         _ctx: click.Context, _param: click.Parameter, value: str | None
     ) -> tuple[int, int] | None:
-        if value is None:
+        if value is None or (native and value == "native"):
             return None
-        match = _SIZE.match(value)
+        match = _SIZE.match(value.lower())
         if match is None or min(int(match[1]), int(match[2])) < minimum:
             raise click.BadParameter(
                 f"expected WIDTHxHEIGHT of at least {minimum}x{minimum}, e.g. 1266x1014; "
@@ -92,7 +95,11 @@ def render_size_option(minimum: int, help_text: str) -> Decorator:
             )
         return int(match[1]), int(match[2])
 
-    return click.option("--size", callback=parse, help=help_text)
+    if default is None:
+        return click.option("--size", callback=parse, help=help_text)
+    return click.option(
+        "--size", callback=parse, default=default, show_default=True, help=help_text
+    )
 
 
 def _parse_faults(
