@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.ispyb_rows import add_plate, make_analysis
+from helpers.torch_threads import one_torch_thread
 from helpers.weights import cached_weight_file
 
 from chimp_worker.analysis import BASELINE_SCHEMA, CLASS_NAMES
@@ -40,10 +41,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.torch_threads import one_torch_thread
 from helpers.weights import cached_weight_file
 
 from chimp_worker.analysis import CLASS_NAMES
@@ -36,11 +37,8 @@ SIZE = 64
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread() -> Iterator[None]:
-    """Two shared cores: more than one intra-op thread only adds contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.torch_threads import one_torch_thread
 from helpers.weights import cached_weight_file
 
 from chimp_worker.cli import main
@@ -30,10 +31,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 def test_a_published_detector_fine_tunes_into_a_file_the_worker_loads(
