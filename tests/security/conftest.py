@@ -32,6 +32,7 @@ def queue_env(amqp_url: str, queue_prefix: str, tmp_path: Path) -> Iterator[dict
         "CHIMP_RESULTS_EXCHANGE": f"{queue_prefix}.results",
         "CHIMP_RESULTS_QUEUE": f"{queue_prefix}.results-ready",
         "CHIMP_ANALYSER": "baseline",
+        "CHIMP_BASELINE_WRITES_TARGETS": "true",
         "CHIMP_RETRY_INITIAL_WAIT_S": "0.1",
         "CHIMP_RETRY_MAX_WAIT_S": "0.5",
     }

@@ -31,6 +31,7 @@ def _environment(monkeypatch: pytest.MonkeyPatch, world: ReplayWorld) -> None:
         "CHIMP_DATABASE_URL": world.url,
         "CHIMP_IMAGE_ROOTS": f'["{world.image_root.resolve()}"]',
         "CHIMP_ANALYSER": "baseline",
+        "CHIMP_BASELINE_WRITES_TARGETS": "true",  # a test ISPyB: check every table
         "CHIMP_BATCH_SIZE": "2",
         "CHIMP_IMAGES_PER_WORK_ITEM": "2",
     }.items():

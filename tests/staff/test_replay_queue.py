@@ -87,7 +87,11 @@ def test_replay_command_publishes_to_the_queue_and_a_daemon_finishes_it(
     root = tmp_path / "images"
     current = BaselineAnalyser(plate_settings(ispyb_sqlite_url, root))
     world = build_world(ispyb_sqlite_url, root, current, **queue_names)
-    env = {"CHIMP_DATABASE_URL": ispyb_sqlite_url, "CHIMP_ANALYSER": "baseline"}
+    env = {
+        "CHIMP_DATABASE_URL": ispyb_sqlite_url,
+        "CHIMP_ANALYSER": "baseline",
+        "CHIMP_BASELINE_WRITES_TARGETS": "true",
+    }
     env.update({f"CHIMP_{name.upper()}": str(value) for name, value in queue_names.items()})
     env["CHIMP_IMAGE_ROOTS"] = f'["{world.image_root.resolve()}"]'
     for name, value in env.items():
@@ -126,7 +130,11 @@ def test_local_replay_with_announce_publishes_results_ready_once_per_inspection(
         **queue_names,
     )
     world.repair_corrupt_image()
-    env = {"CHIMP_DATABASE_URL": ispyb_sqlite_url, "CHIMP_ANALYSER": "baseline"}
+    env = {
+        "CHIMP_DATABASE_URL": ispyb_sqlite_url,
+        "CHIMP_ANALYSER": "baseline",
+        "CHIMP_BASELINE_WRITES_TARGETS": "true",
+    }
     env.update({f"CHIMP_{name.upper()}": str(value) for name, value in queue_names.items()})
     env["CHIMP_IMAGE_ROOTS"] = f'["{world.image_root.resolve()}"]'
     for name, value in env.items():
