@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torchvision.models.detection import MaskRCNN
@@ -36,6 +35,7 @@ from chimp_worker.models.checkpoints import (
     load_state_strict,
     read_model_file,
 )
+from chimp_worker.models.masks import resize_probability_to_mask
 from chimp_worker.models.preprocessing import DETECTOR_INPUT_HEIGHT, DETECTOR_INPUT_WIDTH
 
 __all__ = [
@@ -222,7 +222,8 @@ def detections_from_output(
     ``output`` is torchvision's result for a 1352 x 1688 input: boxes (N, 4) xyxy, scores (N,),
     labels (N,), masks (N, 1, 1352, 1688) probabilities. Detections scoring >= score_threshold
     are kept; boxes are scaled by (orig_w / 1688, orig_h / 1352); each mask probability map is
-    resized (bilinear) to the original size and thresholded at > mask_threshold.
+    resized (bilinear, half-pixel centres, only around its box: ``masks.py``) to the original
+    size and thresholded at > mask_threshold.
     """
     scores = output["scores"].detach().float().cpu()
     keep = torch.nonzero(scores >= np.float32(score_threshold)).flatten()
@@ -234,14 +235,14 @@ def detections_from_output(
     kept_scores = scores[keep].tolist()
     scale_x = original_width / DETECTOR_INPUT_WIDTH
     scale_y = original_height / DETECTOR_INPUT_HEIGHT
-    same_size = (original_height, original_width) == masks.shape[1:]
     detections = []
     for box, score, index, probability in zip(boxes, kept_scores, label_index, masks, strict=True):
-        if not same_size:
-            probability = cv2.resize(
-                probability, (original_width, original_height), interpolation=cv2.INTER_LINEAR
-            )
-        mask = probability > mask_threshold
+        crop, (top, left) = resize_probability_to_mask(
+            probability, box, original_height, original_width, mask_threshold
+        )
+        mask = np.zeros((original_height, original_width), dtype=bool)
+        mask[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+        centre = mask_centroid(crop) if crop.size else None
         detections.append(
             Detection(
                 label=labels[int(index)],
@@ -253,8 +254,9 @@ def detections_from_output(
                     float(box[3] * scale_y),
                 ),
                 mask=mask,
-                mask_area=int(mask.sum()),
-                centroid=mask_centroid(mask),
+                mask_area=int(crop.sum()),
+                # Rounding commutes with whole-pixel offsets: same as the full mask's centroid.
+                centroid=None if centre is None else (centre[0] + left, centre[1] + top),
                 model_role=model_role,
             )
         )

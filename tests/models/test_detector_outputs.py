@@ -171,3 +171,34 @@ def test_filtering_scores_before_nms_leaves_the_same_detections(seed: int) -> No
     assert torch.equal(boxes, ref_boxes[kept])
     assert torch.equal(scores, ref_scores[kept])
     assert torch.equal(labels, ref_labels[kept])
+
+
+@pytest.mark.parametrize(
+    ("height", "width"), [(2028, 2532), (1024, 1224), (1352, 1688), (1352, 3376)]
+)
+def test_resizing_only_around_the_box_equals_resizing_the_whole_map(
+    height: int, width: int
+) -> None:
+    """The windowed resize must give OpenCV's whole-image bilinear resize, pixel for pixel
+    (up to values within float rounding of the threshold)."""
+    import cv2
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from chimp_worker.models.masks import resize_probability_to_mask
+
+    generator = torch.Generator().manual_seed(height)
+    boxes = torch.tensor(
+        [[100.5, 200.25, 420.0, 330.75], [0.0, 0.0, 60.0, 1351.0], [1500.0, 1200.0, 1687.0, 1351.0]]
+    )
+    small = torch.rand(3, 1, 28, 28, generator=generator)
+    pasted = paste_masks_in_image(small, boxes, (1352, 1688))[:, 0].numpy()
+    for probability, box in zip(pasted, boxes.numpy(), strict=True):
+        whole = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+        expected = whole > 0.5
+        crop, (top, left) = resize_probability_to_mask(probability, box, height, width, 0.5)
+        got = np.zeros((height, width), bool)
+        got[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+        differing = got != expected
+        assert expected.sum() > 100
+        assert np.abs(whole[differing] - 0.5).max(initial=0.0) < 1e-5
+        assert differing.sum() <= 3

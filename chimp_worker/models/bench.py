@@ -1,0 +1,347 @@
+"""Throughput benchmark (``chimp-worker bench``): the plain reference against the defaults.
+
+A mock plate per imager flavour (native-size JPEGs, SQLite ISPyB), seeded weight files, and
+for each configuration a fresh child process (so peak RSS and thread settings are its own)
+that measures, on the same images: model-load time, the models' own rate, every stage's
+milliseconds, achieved GFLOP/s (``torch.utils.flop_counter``) against a measured fp32 matmul
+rate, database writes, the whole pipeline (``Pipeline.process``) and peak RSS. The parent
+compares the configurations' outputs and prints the issue's targets with PASS/FAIL
+(``bench_report``). A script that prints, never a test.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import resource
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chimp_worker.analysis import DecodedImage, ImageAnalysis
+
+__all__ = ["CONFIGURATIONS", "BenchPlate", "BenchSetup", "prepare_bench", "run_bench"]
+
+# name -> (what it is, AnalysisOptions overrides)
+CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "reference": (
+        "as the published tooling runs: score 0.05 inside the model, every mask pasted, "
+        "filtered at 0.6 after; batch 1, contiguous tensors, no prefetching",
+        {"model_score_threshold": 0.05, "channels_last": False, "prefetch": False, "batch_size": 1},
+    ),
+    "fast": (
+        "the defaults: score 0.6 inside the model, kept masks only, channels-last classifier, "
+        "prefetching, batches of batch_size",
+        {},
+    ),
+    "bf16": ("opt-in: the defaults under bf16 autocast", {"precision": "bf16"}),
+}
+ROLES = {"vmxi": "vmxi_detector", "xchem": "xchem_detector"}
+PLATE_IMAGES = 288
+
+
+@dataclass(frozen=True)
+class BenchPlate:
+    flavour: str
+    database: Path  # a template: every measurement works on its own copy
+    image_root: Path
+    inspection_id: int
+    image_ids: tuple[int, ...]
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class BenchSetup:
+    classifier: Path
+    detectors: dict[str, Path]
+    plates: dict[str, BenchPlate]
+    threads: int
+    batch_size: int
+    classifier_input_size: int
+    images: int
+
+
+def prepare_bench(
+    workdir: Path,
+    *,
+    images: int,
+    flavours: Sequence[str] = ("vmxi", "xchem"),
+    threads: int = 0,
+    batch_size: int = 4,
+    classifier_input_size: int = 512,
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+) -> BenchSetup:
+    """Seeded weight files (kept between runs) and a fresh mock plate per flavour."""
+    from chimp_worker.ispyb import schema
+    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.mock_imager.plate import create_plate
+    from chimp_worker.mock_imager.scene import get_flavour
+    from chimp_worker.models.seeded import make_classifier_file, make_detector_file
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    weights = workdir / "weights"
+    classifier = weights / f"classifier-seed{seed}.pt"
+    if not classifier.exists():
+        echo(f"writing seeded classifier file {classifier}")
+        make_classifier_file(classifier, seed=seed)
+    detectors = {}
+    for flavour in flavours:
+        detectors[flavour] = weights / f"{flavour}-detector-seed{seed}.pt"
+        if not detectors[flavour].exists():
+            echo(f"writing seeded {flavour} detector file {detectors[flavour]} (calibration pass)")
+            make_detector_file(detectors[flavour], flavour, seed)
+    plates = {}
+    for flavour in flavours:
+        folder = workdir / f"plate-{flavour}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        database = folder / "ispyb.sqlite"
+        schema.create_all(f"sqlite:///{database}")
+        engine = make_engine(f"sqlite:///{database}")
+        try:
+            echo(f"rendering a {flavour} mock plate: {images} native-size images")
+            plate = create_plate(
+                make_session_factory(engine),
+                folder / "images",
+                barcode=f"BENCH{flavour.upper()}",
+                flavour=flavour,
+                wells=math.ceil(images / 2),
+                seed=seed,
+            )
+        finally:
+            engine.dispose()
+        spec = get_flavour(flavour)
+        plates[flavour] = BenchPlate(
+            flavour=flavour,
+            database=database,
+            image_root=folder / "images",
+            inspection_id=plate.latest.containerInspectionId,
+            image_ids=tuple(image.blSampleImageId for image in plate.latest.images[:images]),
+            width=spec.width,
+            height=spec.height,
+        )
+    return BenchSetup(
+        classifier=classifier,
+        detectors=detectors,
+        plates=plates,
+        threads=threads or len(os.sched_getaffinity(0)),
+        batch_size=batch_size,
+        classifier_input_size=classifier_input_size,
+        images=images,
+    )
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This process's fp32 matrix-multiply rate: the yardstick for achieved GFLOP/s."""
+    import torch
+
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+@dataclass
+class _Recorder:
+    """An Analyser that keeps what the wrapped one returned (for the pipeline's timings)."""
+
+    inner: Any
+    results: list[ImageAnalysis] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.name = self.inner.name
+        self.schema_name = self.inner.schema_name
+        self.models = self.inner.models
+
+    def analyse(self, images: Sequence[DecodedImage]) -> list[ImageAnalysis]:
+        found = self.inner.analyse(images)
+        self.results.extend(found)
+        return found
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def _stage(results: Sequence[ImageAnalysis], *names: str) -> float:
+    """Median over images of the summed milliseconds of the named stages."""
+    return _median([sum(r.timings_ms.get(name, 0.0) for name in names) for r in results])
+
+
+def _summary(result: ImageAnalysis) -> dict[str, Any]:
+    """What two configurations must agree on, as plain data."""
+    dispense = result.dispense
+    return {
+        "probabilities": dict(result.probabilities or {}),
+        "detections": [
+            {"label": d.label, "score": d.score, "box": list(d.box), "centroid": d.centroid}
+            for d in result.detections
+        ],
+        "targets": [(t.x, t.y) for t in result.crystal_targets],
+        "dispense": None if dispense is None else [dispense.status.value, dispense.x, dispense.y],
+    }
+
+
+def measure(
+    setup: BenchSetup, flavour: str, configuration: str, count_flops: bool
+) -> dict[str, Any]:
+    """One configuration on one flavour's plate; runs in its own (spawned) process."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from chimp_worker.config import Settings
+    from chimp_worker.images import make_image_source
+    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.progress import inspection_images
+    from chimp_worker.ispyb.writer import write_image_result
+    from chimp_worker.models.analyser import AnalysisOptions, ChimpAnalyser, configure_threads
+    from chimp_worker.models.classifier import load_classifier
+    from chimp_worker.models.detector import load_detector
+    from chimp_worker.pipeline import Pipeline
+
+    plate = setup.plates[flavour]
+    role = ROLES[flavour]
+    configure_threads(setup.threads)
+    rate = matmul_gflops()
+    options = {"batch_size": setup.batch_size, "classifier_input_size": setup.classifier_input_size}
+    options.update(CONFIGURATIONS[configuration][1])
+
+    started = time.perf_counter()
+    analyser = ChimpAnalyser(
+        classifier=load_classifier(setup.classifier),
+        **{role: load_detector(setup.detectors[flavour], 2 if flavour == "vmxi" else 3)},
+        options=AnalysisOptions(**options),
+    )
+    load_s = time.perf_counter() - started
+
+    settings = Settings(database_url=f"sqlite:///{plate.database}", image_roots=[plate.image_root])
+    source = make_image_source(settings)
+    template = make_engine(settings.database_url)
+    try:
+        images = inspection_images(make_session_factory(template), plate.inspection_id)
+        paths = {image.blSampleImageId: image.imageFullPath for image in images}
+    finally:
+        template.dispose()
+    decoded = [source.fetch(paths[image_id], image_id) for image_id in plate.image_ids]
+
+    analyser.analyse(decoded[:1])  # warm-up: oneDNN builds its kernels on the first pass
+    prepared = [analyser.prepare(image) for image in decoded]
+    started = time.perf_counter()
+    with torch.inference_mode():
+        results = analyser.analyse_prepared(prepared)
+    models_s = time.perf_counter() - started
+
+    flops: dict[str, float] = {}
+    if count_flops:
+        first = prepared[0]
+        with torch.inference_mode():
+            with FlopCounterMode(display=False) as counter:
+                analyser.analyse_prepared([first])
+            total = counter.get_total_flops()
+            with FlopCounterMode(display=False) as counter:
+                batch = torch.from_numpy(first.classifier_input[None])  # type: ignore[index]
+                analyser.classifier.model(batch)  # type: ignore[union-attr]
+        flops = {
+            "classifier": counter.get_total_flops(),
+            "detector": total - counter.get_total_flops(),
+        }
+
+    write_ms = _timed_writes(plate, results, make_engine, make_session_factory, write_image_result)
+
+    copy = plate.database.with_name(f"pipeline-{configuration}.sqlite")
+    shutil.copyfile(plate.database, copy)
+    engine = make_engine(f"sqlite:///{copy}")
+    recorder = _Recorder(analyser)
+    pipeline = Pipeline(
+        make_session_factory(engine),
+        source,
+        recorder,
+        batch_size=options["batch_size"],
+        engine=engine,
+    )
+    started = time.perf_counter()
+    outcome = pipeline.process(plate.inspection_id, list(plate.image_ids))
+    pipeline_s = time.perf_counter() - started
+    pipeline.close()
+    copy.unlink(missing_ok=True)
+
+    count = len(plate.image_ids)
+    return {
+        "configuration": configuration,
+        "flavour": flavour,
+        "images": count,
+        "threads": torch.get_num_threads(),
+        "matmul_gflops": rate,
+        "load_s": load_s,
+        "models_images_per_s": count / models_s,
+        "pipeline_images_per_s": count / pipeline_s,
+        "pipeline_failed": len(outcome.failed),
+        "stages_ms": {
+            "fetch": _median([image.fetch_ms for image in decoded]),
+            "decode": _median([image.decode_ms for image in decoded]),
+            "preprocess": _median([sum(p.timings_ms.values()) for p in prepared]),
+            "classifier": _stage(results, "classifier"),
+            "detector": _stage(results, role),
+            "postprocess": _stage(results, f"{role}_postprocess", "geometry"),
+            "database_write": _median(write_ms),
+        },
+        "pipeline_stages_ms": {
+            "fetch": _stage(recorder.results, "fetch"),
+            "decode": _stage(recorder.results, "decode"),
+            "preprocess": _stage(recorder.results, "classifier_preprocess", "detector_preprocess"),
+        },
+        "flops": flops,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "outputs": [_summary(result) for result in results],
+    }
+
+
+def _timed_writes(
+    plate: BenchPlate, results, make_engine, make_session_factory, write
+) -> list[float]:  # type: ignore[no-untyped-def]
+    copy = plate.database.with_name("writes.sqlite")
+    shutil.copyfile(plate.database, copy)
+    engine = make_engine(f"sqlite:///{copy}")
+    factory = make_session_factory(engine)
+    times = []
+    try:
+        for image_id, result in zip(plate.image_ids, results, strict=True):
+            started = time.perf_counter()
+            write(factory, image_id, result)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        engine.dispose()
+        copy.unlink(missing_ok=True)
+    return times
+
+
+def run_bench(
+    setup: BenchSetup,
+    configurations: Sequence[str] = ("reference", "fast"),
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Every configuration on every plate, each in a fresh child process, in order."""
+    runs = []
+    context = multiprocessing.get_context("spawn")
+    for flavour in setup.plates:
+        for configuration in configurations:
+            echo(f"measuring {configuration} on the {flavour} plate ({setup.images} images)...")
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                run = pool.submit(
+                    measure, setup, flavour, configuration, configuration == "fast"
+                ).result()
+            runs.append(run)
+    return runs

@@ -1,0 +1,112 @@
+"""The benchmark's arithmetic on hand-made runs (the benchmark itself is a script, not a test)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from chimp_worker.models import bench_report
+from chimp_worker.models.bench_report import agreement, report_lines
+
+OUTPUT: dict[str, Any] = {
+    "probabilities": {"clear": 0.1, "crystals": 0.6, "other": 0.2, "precipitate": 0.1},
+    "detections": [
+        {"label": "drop", "score": 0.9, "box": [10.0, 10.0, 90.0, 80.0], "centroid": (50, 45)},
+        {"label": "crystal", "score": 0.7, "box": [20.0, 20.0, 30.0, 30.0], "centroid": (25, 25)},
+    ],
+    "targets": [(25, 25)],
+    "dispense": ["ok", 60, 50],
+}
+
+
+def run(configuration: str, pipeline_rate: float, **changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "configuration": configuration,
+        "flavour": "xchem",
+        "images": 4,
+        "threads": 2,
+        "matmul_gflops": 100.0,
+        "load_s": 2.0,
+        "models_images_per_s": 1.0,
+        "pipeline_images_per_s": pipeline_rate,
+        "pipeline_failed": 0,
+        "stages_ms": {
+            "fetch": 1.0,
+            "decode": 15.0,
+            "preprocess": 60.0,
+            "classifier": 700.0,
+            "detector": 5000.0,
+            "postprocess": 50.0,
+            "database_write": 30.0,
+        },
+        "pipeline_stages_ms": {},
+        "flops": {"classifier": 46.5e9, "detector": 360e9},
+        "peak_rss_bytes": 2 * 1024**3,
+        "outputs": [copy.deepcopy(OUTPUT)],
+    }
+    base.update(changes)
+    return base
+
+
+def test_identical_outputs_agree_exactly() -> None:
+    result = agreement([OUTPUT], [copy.deepcopy(OUTPUT)])
+    assert result == {
+        "probability": 0.0,
+        "same_detections": True,
+        "score": 0.0,
+        "box_px": 0.0,
+        "centroid_px": 0.0,
+        "targets_identical": True,
+        "dispense_identical": True,
+    }
+
+
+def test_differences_are_measured_per_kind() -> None:
+    other = copy.deepcopy(OUTPUT)
+    other["probabilities"]["crystals"] = 0.6 + 2e-6
+    other["detections"][1]["box"][2] = 30.5
+    other["detections"][1]["centroid"] = (26, 25)
+    other["dispense"] = ["ok", 61, 50]
+    result = agreement([OUTPUT], [other])
+    assert result["probability"] == pytest.approx(2e-6)
+    assert result["box_px"] == pytest.approx(0.5)
+    assert result["centroid_px"] == 1
+    assert result["same_detections"] is True
+    assert result["dispense_identical"] is False
+
+
+def test_a_different_detection_list_is_not_the_same() -> None:
+    other = copy.deepcopy(OUTPUT)
+    other["detections"].pop()
+    assert agreement([OUTPUT], [other])["same_detections"] is False
+
+
+def test_targets_pass_and_fail_from_the_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("chimp_worker.models.analyser.bf16_supported", lambda: False)
+    runs = [
+        run("reference", 0.1, peak_rss_bytes=3 * 1024**3),
+        # 0.25 images/s: 2.5x the reference, 288 images in 19.2 min; the classifier does
+        # 46.5 GFLOP in 0.7 s = 66 GFLOP/s = 66 % of 100; the pipeline at 25 % of the
+        # models' own 1.0 images/s.
+        run("fast", 0.25),
+    ]
+    lines = report_lines(runs, ("reference", "fast"), "test machine")
+    text = "\n".join(lines)
+    assert "PASS  xchem: fp32 pipeline 2.50x the plain reference (>= 2.0x)" in text
+    assert "FAIL  xchem: 288-image plate 19.2 min, one worker (<= 8)" in text
+    assert "PASS  xchem: classifier at 66% of the measured fp32 matmul rate (>= 65%)" in text
+    assert "FAIL  xchem: pipeline at 25% of the models' own rate" in text
+    assert "SKIP  xchem: bf16 >= 4x the plain reference: this CPU has no native bf16" in text
+    assert "PASS  xchem: peak RSS 2.00 GiB per worker (<= 2.5)" in text
+    assert "PASS  xchem: model load 2.0 s (< 10)" in text
+    assert "fast vs reference: pipeline 2.50x" in text
+    assert "same detections yes" in text
+    assert "machine: test machine" in text
+
+
+def test_the_machine_is_described() -> None:
+    text = bench_report.machine_description()
+    assert "cores" in text
+    assert "torch" in text
