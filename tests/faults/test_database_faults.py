@@ -166,7 +166,7 @@ def test_a_lock_wait_timeout_rolls_back_the_whole_unit_and_retries_it(
     worker = workers.start(
         world.worker_env(database_connect_args=connect_args),
         name="w1",
-        hooks=world.hooks(analyse_pause_s=0.5),
+        hooks=world.hooks(analyse_pause_s=1),
     )
     world.publish_inspection()
     image_id = first_work_image(world, worker)
