@@ -164,7 +164,10 @@ def test_malformed_events_are_dead_lettered_at_once_with_their_reason_and_good_w
 def test_the_same_event_twice_to_two_workers_at_once_completes_the_plate_exactly_once(
     world: FaultWorld, workers: WorkerPool, analyser: Analyser
 ) -> None:
-    pair = [workers.start(world.worker_env(), name=f"w{n}") for n in (1, 2)]
+    # Each worker holds its event (prefetch 1) for 2 s after planning it, so the broker must
+    # hand the duplicate to the other worker: both plan the same inspection at the same time.
+    hooks = world.hooks(plan_pause_s=2)
+    pair = [workers.start(world.worker_env(), name=f"w{n}", hooks=hooks) for n in (1, 2)]
     for worker in pair:
         worker.wait_for_log("broker_session_open")
     world.publish_inspection(times=2)

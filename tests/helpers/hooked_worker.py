@@ -13,6 +13,9 @@ product's own. The hooks only add a pause and a line in an event file at two poi
 - ``FAULT_HOOK_AFTER_COMPLETE_PAUSE_S``: after the transaction that marked the inspection done
   (this worker won the completion), write ``completed <inspection id>`` and sleep -- the
   window between the completion commit and the results-ready publish.
+- ``FAULT_HOOK_PLAN_PAUSE_S``: after an inspection event has been planned (work items not yet
+  published, the event not yet acked), write ``planned <inspection id>`` and sleep -- holds
+  the event in flight so a duplicate must go to another worker.
 - ``FAULT_HOOK_ANALYSER=pixel-stats``: use the test suite's weight-free ``PixelStatsAnalyser``
   instead of the configured analyser.
 
@@ -107,6 +110,18 @@ def install_hooks() -> None:
         return completed
 
     progress.try_complete_inspection = try_complete_inspection
+
+    plan_pause = float(os.environ.get("FAULT_HOOK_PLAN_PAUSE_S", "0"))
+    original_plan = pipeline.Pipeline.plan
+
+    def plan(self: Any, inspection_id: int, *args: Any, **kwargs: Any) -> Any:
+        image_ids = original_plan(self, inspection_id, *args, **kwargs)
+        _note("planned", str(inspection_id))
+        time.sleep(plan_pause)
+        return image_ids
+
+    if plan_pause > 0:
+        pipeline.Pipeline.plan = plan  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
