@@ -67,8 +67,9 @@ def bench(
         echo=lambda text: click.echo(text, err=True),
     )
     configurations = ("reference", "fast", "bf16") if bf16 else ("reference", "fast")
-    runs = run_bench(setup, configurations, echo=lambda text: click.echo(text, err=True))
-    for line in report_lines(runs, configurations, machine_description()):
+    runs, paired = run_bench(setup, configurations, echo=lambda text: click.echo(text, err=True))
+    for line in report_lines(runs, paired, configurations, machine_description()):
         click.echo(line)
     if json_path is not None:
-        json_path.write_text(json.dumps(runs, indent=1, default=str) + "\n")
+        document = {"runs": runs, "interleaved": paired}
+        json_path.write_text(json.dumps(document, indent=1, default=str) + "\n")

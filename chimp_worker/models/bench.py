@@ -156,10 +156,11 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 @dataclass
 class _Recorder:
-    """An Analyser that keeps what the wrapped one returned (for the pipeline's timings)."""
+    """An Analyser that keeps the stage timings of what the wrapped one returned (not the
+    results themselves: their masks would inflate the worker's peak RSS)."""
 
     inner: Any
-    results: list[ImageAnalysis] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.name = self.inner.name
@@ -168,7 +169,7 @@ class _Recorder:
 
     def analyse(self, images: Sequence[DecodedImage]) -> list[ImageAnalysis]:
         found = self.inner.analyse(images)
-        self.results.extend(found)
+        self.timings.extend(dict(result.timings_ms) for result in found)
         return found
 
 
@@ -176,9 +177,9 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def _stage(results: Sequence[ImageAnalysis], *names: str) -> float:
+def _stage(timings: Sequence[dict[str, float]], *names: str) -> float:
     """Median over images of the summed milliseconds of the named stages."""
-    return _median([sum(r.timings_ms.get(name, 0.0) for name in names) for r in results])
+    return _median([sum(timing.get(name, 0.0) for name in names) for timing in timings])
 
 
 def _summary(result: ImageAnalysis) -> dict[str, Any]:
@@ -205,13 +206,14 @@ def measure(
     from chimp_worker.config import Settings
     from chimp_worker.images import make_image_source
     from chimp_worker.ispyb.database import make_engine, make_session_factory
-    from chimp_worker.ispyb.progress import inspection_images
     from chimp_worker.ispyb.writer import write_image_result
+    from chimp_worker.log import configure_logging
     from chimp_worker.models.analyser import AnalysisOptions, ChimpAnalyser, configure_threads
     from chimp_worker.models.classifier import load_classifier
     from chimp_worker.models.detector import load_detector
     from chimp_worker.pipeline import Pipeline
 
+    configure_logging("WARNING", "console")
     plate = setup.plates[flavour]
     role = ROLES[flavour]
     configure_threads(setup.threads)
@@ -229,20 +231,36 @@ def measure(
 
     settings = Settings(database_url=f"sqlite:///{plate.database}", image_roots=[plate.image_root])
     source = make_image_source(settings)
-    template = make_engine(settings.database_url)
-    try:
-        images = inspection_images(make_session_factory(template), plate.inspection_id)
-        paths = {image.blSampleImageId: image.imageFullPath for image in images}
-    finally:
-        template.dispose()
-    decoded = [source.fetch(paths[image_id], image_id) for image_id in plate.image_ids]
+    paths = _image_paths(plate)
+    analyser.analyse([source.fetch(paths[plate.image_ids[0]], plate.image_ids[0])])  # warm-up
 
-    analyser.analyse(decoded[:1])  # warm-up: oneDNN builds its kernels on the first pass
+    # The worker's own figures first: whole pipeline, then peak RSS (it only ever grows).
+    copy = plate.database.with_name(f"pipeline-{configuration}.sqlite")
+    shutil.copyfile(plate.database, copy)
+    engine = make_engine(f"sqlite:///{copy}")
+    recorder = _Recorder(analyser)
+    pipeline = Pipeline(
+        make_session_factory(engine),
+        source,
+        recorder,
+        batch_size=options["batch_size"],
+        engine=engine,
+    )
+    started = time.perf_counter()
+    outcome = pipeline.process(plate.inspection_id, list(plate.image_ids))
+    pipeline_s = time.perf_counter() - started
+    pipeline.close()
+    copy.unlink(missing_ok=True)
+    worker_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    # The models on their own, on inputs decoded and prepared beforehand.
+    decoded = [source.fetch(paths[image_id], image_id) for image_id in plate.image_ids]
     prepared = [analyser.prepare(image) for image in decoded]
     started = time.perf_counter()
     with torch.inference_mode():
         results = analyser.analyse_prepared(prepared)
     models_s = time.perf_counter() - started
+    timings = [dict(result.timings_ms) for result in results]
 
     flops: dict[str, float] = {}
     if count_flops:
@@ -261,23 +279,6 @@ def measure(
 
     write_ms = _timed_writes(plate, results, make_engine, make_session_factory, write_image_result)
 
-    copy = plate.database.with_name(f"pipeline-{configuration}.sqlite")
-    shutil.copyfile(plate.database, copy)
-    engine = make_engine(f"sqlite:///{copy}")
-    recorder = _Recorder(analyser)
-    pipeline = Pipeline(
-        make_session_factory(engine),
-        source,
-        recorder,
-        batch_size=options["batch_size"],
-        engine=engine,
-    )
-    started = time.perf_counter()
-    outcome = pipeline.process(plate.inspection_id, list(plate.image_ids))
-    pipeline_s = time.perf_counter() - started
-    pipeline.close()
-    copy.unlink(missing_ok=True)
-
     count = len(plate.image_ids)
     return {
         "configuration": configuration,
@@ -293,18 +294,18 @@ def measure(
             "fetch": _median([image.fetch_ms for image in decoded]),
             "decode": _median([image.decode_ms for image in decoded]),
             "preprocess": _median([sum(p.timings_ms.values()) for p in prepared]),
-            "classifier": _stage(results, "classifier"),
-            "detector": _stage(results, role),
-            "postprocess": _stage(results, f"{role}_postprocess", "geometry"),
+            "classifier": _stage(timings, "classifier"),
+            "detector": _stage(timings, role),
+            "postprocess": _stage(timings, f"{role}_postprocess", "geometry"),
             "database_write": _median(write_ms),
         },
         "pipeline_stages_ms": {
-            "fetch": _stage(recorder.results, "fetch"),
-            "decode": _stage(recorder.results, "decode"),
-            "preprocess": _stage(recorder.results, "classifier_preprocess", "detector_preprocess"),
+            "fetch": _stage(recorder.timings, "fetch"),
+            "decode": _stage(recorder.timings, "decode"),
+            "preprocess": _stage(recorder.timings, "classifier_preprocess", "detector_preprocess"),
         },
         "flops": flops,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": worker_rss,
         "outputs": [_summary(result) for result in results],
     }
 
@@ -328,13 +329,90 @@ def _timed_writes(
     return times
 
 
+def measure_paired(
+    setup: BenchSetup, flavour: str, configurations: Sequence[str]
+) -> dict[str, Any]:
+    """Whole-pipeline seconds of several configurations, interleaved batch by batch.
+
+    On a shared machine the load drifts over minutes; running the configurations' pipelines
+    alternately on the same batches puts them under the same conditions, so their ratio is
+    far steadier than that of separate runs. Runs in its own process.
+    """
+    from chimp_worker.config import Settings
+    from chimp_worker.images import make_image_source
+    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.log import configure_logging
+    from chimp_worker.models.analyser import AnalysisOptions, ChimpAnalyser, configure_threads
+    from chimp_worker.models.classifier import load_classifier
+    from chimp_worker.models.detector import load_detector
+    from chimp_worker.pipeline import Pipeline
+
+    configure_logging("WARNING", "console")
+    configure_threads(setup.threads)
+    plate = setup.plates[flavour]
+    role = ROLES[flavour]
+    settings = Settings(database_url=f"sqlite:///{plate.database}", image_roots=[plate.image_root])
+    pipelines = {}
+    for configuration in configurations:
+        options = {
+            "batch_size": setup.batch_size,
+            "classifier_input_size": setup.classifier_input_size,
+            **CONFIGURATIONS[configuration][1],
+        }
+        analyser = ChimpAnalyser(
+            classifier=load_classifier(setup.classifier),
+            **{role: load_detector(setup.detectors[flavour], 2 if flavour == "vmxi" else 3)},
+            options=AnalysisOptions(**options),
+        )
+        copy = plate.database.with_name(f"paired-{configuration}.sqlite")
+        shutil.copyfile(plate.database, copy)
+        engine = make_engine(f"sqlite:///{copy}")
+        pipelines[configuration] = Pipeline(
+            make_session_factory(engine),
+            make_image_source(settings),
+            analyser,
+            batch_size=options["batch_size"],
+            engine=engine,
+        )
+    seconds = dict.fromkeys(configurations, 0.0)
+    ids = list(plate.image_ids)
+    first = pipelines[configurations[0]].image_source.fetch(_image_paths(plate)[ids[0]], ids[0])
+    for pipeline in pipelines.values():  # warm-up on the first image, not counted
+        pipeline.analyser.analyse([first])
+    step = max(1, setup.batch_size)
+    for start in range(0, len(ids), step):
+        for configuration, pipeline in pipelines.items():
+            started = time.perf_counter()
+            pipeline.process(plate.inspection_id, ids[start : start + step])
+            seconds[configuration] += time.perf_counter() - started
+    for configuration, pipeline in pipelines.items():
+        pipeline.close()
+        plate.database.with_name(f"paired-{configuration}.sqlite").unlink(missing_ok=True)
+    return {"flavour": flavour, "images": len(ids), "seconds": seconds}
+
+
+def _image_paths(plate: BenchPlate) -> dict[int, str]:
+    """blSampleImageId -> imageFullPath of the plate's inspection."""
+    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.progress import inspection_images
+
+    engine = make_engine(f"sqlite:///{plate.database}")
+    try:
+        images = inspection_images(make_session_factory(engine), plate.inspection_id)
+    finally:
+        engine.dispose()
+    return {image.blSampleImageId: image.imageFullPath for image in images}
+
+
 def run_bench(
     setup: BenchSetup,
     configurations: Sequence[str] = ("reference", "fast"),
     echo: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """Every configuration on every plate, each in a fresh child process, in order."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(runs, paired): every configuration on every plate, each in a fresh child process,
+    then the configurations' pipelines interleaved in one more child per plate."""
     runs = []
+    paired = []
     context = multiprocessing.get_context("spawn")
     for flavour in setup.plates:
         for configuration in configurations:
@@ -344,4 +422,7 @@ def run_bench(
                     measure, setup, flavour, configuration, configuration == "fast"
                 ).result()
             runs.append(run)
-    return runs
+        echo(f"interleaving {', '.join(configurations)} pipelines on the {flavour} plate...")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            paired.append(pool.submit(measure_paired, setup, flavour, configurations).result())
+    return runs, paired
