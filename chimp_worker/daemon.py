@@ -47,6 +47,7 @@ from chimp_worker.errors import (
 )
 from chimp_worker.handling import Action, MessageHandler, OutgoingMessage, WorkAbandonedError
 from chimp_worker.health import HealthServer, Liveness
+from chimp_worker.ispyb.database import check_database_access
 from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
 from chimp_worker.pipeline import Pipeline
@@ -491,6 +492,9 @@ def run_daemon(
     quiet_pika_logging()
     pipeline = Pipeline.from_settings(settings)
     try:
+        unreachable = pipeline.engine and check_database_access(pipeline.engine)
+        if unreachable:
+            log.warning("database_unreachable_at_start", detail=unreachable)
         daemon = Daemon(settings, pipeline, max_messages=max_messages, idle_exit_s=idle_exit_s)
         daemon.install_signal_handlers()
         return daemon.run()

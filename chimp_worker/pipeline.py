@@ -141,6 +141,11 @@ class Pipeline:
         )
 
     @property
+    def engine(self) -> Engine | None:
+        """The engine this pipeline created (None when given a session factory only)."""
+        return self._engine
+
+    @property
     def model_checksums(self) -> set[str]:
         return {model.sha256 for model in self.analyser.models}
 

@@ -135,3 +135,53 @@ def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     """One short transaction: commit on success, roll back on error, errors translated."""
     with translate_db_errors(), session_factory() as session, session.begin():
         yield session
+
+
+# Errors no retry can fix: the worker's credentials, grants or schema are wrong. A daemon that
+# met these per message would dead-letter every message; it must refuse to start instead.
+ACCESS_MYSQL_CODES: Mapping[int, str] = {
+    1044: "access to the database denied",
+    1045: "access denied for this user and password",
+    1049: "unknown database",
+    1142: "a table privilege is missing",
+    1143: "a column privilege is missing",
+    1146: "a table is missing (run: chimp-worker db upgrade)",
+}
+# One read of each table family the worker needs, as the worker's own user.
+PREFLIGHT_QUERIES = (
+    "SELECT containerInspectionId, state FROM ContainerInspection LIMIT 1",
+    "SELECT blSampleImageId, imageFullPath FROM BLSampleImage LIMIT 1",
+    "SELECT containerInspectionId FROM chimp_inspection LIMIT 1",
+    "SELECT blSampleImageId FROM chimp_image_result LIMIT 1",
+)
+
+
+def check_database_access(engine: Engine) -> str | None:
+    """Fail fast on credentials, grants or a missing schema, before any message is taken.
+
+    Raises ``ConfigError`` for those; returns a description (and lets the daemon start) when
+    the database is merely unreachable, since per-message retries cover an outage.
+    """
+    from sqlalchemy import text
+
+    from chimp_worker.errors import ConfigError
+
+    try:
+        with engine.connect() as connection:
+            for query in PREFLIGHT_QUERIES:
+                connection.execute(text(query)).all()
+    except (exc.SQLAlchemyError, sqlite3.Error) as error:
+        if is_transient(error):
+            return describe(error)
+        original = getattr(error, "orig", None) or error
+        args = getattr(original, "args", ())
+        code = args[0] if args and isinstance(args[0], int) else None
+        if code in ACCESS_MYSQL_CODES:
+            detail = str(args[1]) if len(args) > 1 else ""
+            raise ConfigError(
+                f"database_url: MariaDB error {code}, {ACCESS_MYSQL_CODES[code]}: {detail}"
+            ) from None
+        if "no such table" in str(original).lower():
+            raise ConfigError(f"database_url: {original}; run: chimp-worker db upgrade") from None
+        raise
+    return None
