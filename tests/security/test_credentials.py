@@ -11,10 +11,20 @@ from pathlib import Path
 
 import pytest
 from helpers.faults import REPO, WorkerPool
+from helpers.rabbit import RabbitProbe
 
 from chimp_worker.broker import Publisher
 from chimp_worker.config import load_settings
 from chimp_worker.events import InspectionCompleted
+from chimp_worker.ispyb.schema import create_all
+
+
+def schema_only_database(tmp_path: Path) -> str:
+    """An SQLite ISPyB with the schema and no plates: the worker's start-up checks pass."""
+    url = f"sqlite:///{tmp_path / 'ispyb.sqlite'}"
+    create_all(url)
+    return url
+
 
 DB_SECRET = "Db-S3cret-7f3a"
 MQ_SECRET = "Mq-S3cret-91c2"
@@ -98,17 +108,16 @@ def test_a_bad_setting_holding_a_password_is_one_line_without_it(
         assert_no_secret(result.stdout + result.stderr)
 
 
-def test_a_worker_with_a_wrong_database_password_logs_the_refusal_but_never_the_password(
+def test_a_worker_with_a_wrong_database_password_refuses_to_start_and_never_logs_it(
     queue_env: dict[str, str], workers: WorkerPool
 ) -> None:
+    """Exit 2 before consuming: a waiting event is neither taken nor dead-lettered."""
     env = {
         **queue_env,
         "CHIMP_DATABASE_URL": f"mysql+mysqldb://root:{DB_SECRET}@127.0.0.1:3306/chimp_nowhere",
         "CHIMP_DELIVERY_LIMIT": "1",
         "CHIMP_LOG_LEVEL": "DEBUG",
     }
-    worker = workers.start(env, name="bad-db-password")
-    worker.wait_for_log("broker_session_open")
     settings = load_settings(
         amqp_url=env["CHIMP_AMQP_URL"],
         events_queue=env["CHIMP_EVENTS_QUEUE"],
@@ -119,12 +128,18 @@ def test_a_worker_with_a_wrong_database_password_logs_the_refusal_but_never_the_
     )
     with Publisher(settings) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=42))
-    failure = worker.wait_for_log("message_failed_unexpectedly", timeout_s=60)
-    assert worker.stop() == 0
+    worker = workers.start(env, name="bad-db-password")
+    assert worker.wait(60) == 2
     output = worker.output()
-    assert "Access denied for user 'root'" in output, "the log says what went wrong"
-    assert "Traceback" in failure.get("exception", ""), "with the traceback"
+    assert "MariaDB error 1045, access denied" in output, "the refusal says what went wrong"
+    assert "Traceback" not in output
     assert_no_secret(output)
+    probe = RabbitProbe(env["CHIMP_AMQP_URL"])
+    try:
+        assert probe.count(env["CHIMP_EVENTS_QUEUE"]) == 1, "the event still waits"
+        assert probe.count(f"dlq.{env['CHIMP_EVENTS_QUEUE']}") == 0
+    finally:
+        probe.close()
 
 
 def test_a_worker_with_a_wrong_broker_password_logs_the_refusal_but_never_the_password(
@@ -133,7 +148,7 @@ def test_a_worker_with_a_wrong_broker_password_logs_the_refusal_but_never_the_pa
     env = {
         **queue_env,
         "CHIMP_AMQP_URL": f"amqp://guest:{MQ_SECRET}@127.0.0.1:5672/%2F",
-        "CHIMP_DATABASE_URL": f"sqlite:///{tmp_path / 'unused.sqlite'}",
+        "CHIMP_DATABASE_URL": schema_only_database(tmp_path),
         "CHIMP_LOG_LEVEL": "DEBUG",
     }
     worker = workers.start(env, name="bad-mq-password")

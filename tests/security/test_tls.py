@@ -26,6 +26,7 @@ from chimp_worker.config import load_settings
 from chimp_worker.errors import BrokerUnavailableError
 from chimp_worker.events import InspectionCompleted
 from chimp_worker.ispyb.database import make_engine, make_session_factory
+from chimp_worker.ispyb.schema import create_all
 from chimp_worker.pipeline import Pipeline
 
 AMQP = ("127.0.0.1", 5672)
@@ -129,6 +130,7 @@ def test_a_worker_speaks_amqp_over_tls_with_its_ca_certificate_and_key(
     terminator: TlsTerminator,
     tls_files: TlsFiles,
     amqp_url: str,
+    tmp_path: Path,
 ) -> None:
     env = {
         **queue_env,
@@ -136,8 +138,9 @@ def test_a_worker_speaks_amqp_over_tls_with_its_ca_certificate_and_key(
         "CHIMP_AMQP_TLS_CA_FILE": str(tls_files.ca),
         "CHIMP_AMQP_TLS_CERT_FILE": str(tls_files.client_cert),
         "CHIMP_AMQP_TLS_KEY_FILE": str(tls_files.client_key),
-        "CHIMP_DATABASE_URL": "sqlite:///unused.sqlite",
+        "CHIMP_DATABASE_URL": f"sqlite:///{tmp_path / 'ispyb.sqlite'}",
     }
+    create_all(env["CHIMP_DATABASE_URL"])  # the worker checks its tables before consuming
     worker = workers.start(env, name="tls")
     worker.wait_for_log("broker_session_open", timeout_s=60)
     assert terminator.client_subjects, "the worker presented its client certificate"
