@@ -116,6 +116,7 @@ def report_lines(
         ("database write ms/image", lambda r: f"{r['stages_ms']['database_write']:.0f}"),
         ("classifier GFLOP/s", lambda r: f"{_gflops(r, 'classifier'):.0f}"),
         ("detector GFLOP/s", lambda r: f"{_gflops(r, 'detector'):.0f}"),
+        ("kept detections/image (mean)", lambda r: f"{_mean_detections(r):.1f}"),
         ("models images/s", lambda r: f"{r['models_images_per_s']:.3f}"),
         ("pipeline images/s", lambda r: f"{r['pipeline_images_per_s']:.3f}"),
         (f"{PLATE_IMAGES}-image plate, minutes", lambda r: f"{_plate_minutes(r):.1f}"),
@@ -175,6 +176,12 @@ def _paired_ratios(seconds: dict[str, float]) -> str:
         if name != "reference" and value
     ]
     return f" -> speed-up {', '.join(ratios)}" if ratios else ""
+
+
+def _mean_detections(run: dict[str, Any]) -> float:
+    """The fast path's gain depends on it: the mask head runs once per kept detection."""
+    counts = [len(output["detections"]) for output in run["outputs"]]
+    return sum(counts) / len(counts) if counts else 0.0
 
 
 def _plate_minutes(run: dict[str, Any]) -> float:

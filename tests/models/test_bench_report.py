@@ -109,6 +109,7 @@ def test_targets_pass_and_fail_from_the_figures(monkeypatch: pytest.MonkeyPatch)
     assert "fast vs reference: pipeline 2.50x" in text
     assert "same detections yes" in text
     assert "machine: test machine" in text
+    assert "kept detections/image (mean)                 2.0           2.0" in text
 
 
 def test_the_machine_is_described() -> None:
