@@ -77,6 +77,9 @@ class AnalysisOptions:
     channels_last: bool = True
     # Prepare the next images (resize, CLAHE) on a helper thread during inference.
     prefetch: bool = True
+    # Paste every mask into a full 1352 x 1688 map as torchvision does (the reference), rather
+    # than only around its box: same masks, 9 MB and some milliseconds less per detection.
+    paste_full_masks: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnalysisOptions:
@@ -310,7 +313,7 @@ class ChimpAnalyser:
                     for i in group
                 ]
                 with self._autocast():
-                    outputs = detector(inputs)
+                    outputs = detector(inputs, paste_masks=self.options.paste_full_masks)
                 share = _elapsed_ms(start) / len(group)
                 for i, output in zip(group, outputs, strict=True):
                     timings[i][role] = share

@@ -33,10 +33,17 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "reference": (
         "as the published tooling runs: score 0.05 inside the model, every mask pasted, "
         "filtered at 0.6 after; batch 1, contiguous tensors, no prefetching",
-        {"model_score_threshold": 0.05, "channels_last": False, "prefetch": False, "batch_size": 1},
+        {
+            "model_score_threshold": 0.05,
+            "paste_full_masks": True,
+            "channels_last": False,
+            "prefetch": False,
+            "batch_size": 1,
+        },
     ),
     "fast": (
-        "the defaults: score 0.6 inside the model, kept masks only, channels-last classifier, "
+        "the defaults: score 0.6 inside the model, kept masks pasted around their boxes only, "
+        "channels-last classifier, "
         "prefetching, batches of batch_size",
         {},
     ),

@@ -23,6 +23,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from chimp_worker.analysis import Detection
@@ -35,7 +36,11 @@ from chimp_worker.models.checkpoints import (
     load_state_strict,
     read_model_file,
 )
-from chimp_worker.models.masks import resize_probability_to_mask
+from chimp_worker.models.masks import (
+    paste_regions,
+    resize_probability_to_mask,
+    resize_region_to_mask,
+)
 from chimp_worker.models.preprocessing import DETECTOR_INPUT_HEIGHT, DETECTOR_INPUT_WIDTH
 
 __all__ = [
@@ -154,9 +159,32 @@ class LoadedDetector:
         """Score threshold applied inside the model (before NMS), see module docstring."""
         self.model.roi_heads.score_thresh = float(model_threshold)
 
-    def __call__(self, batch: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Raw torchvision outputs for (3, 1352, 1688) inputs in 0..1, in model coordinates."""
-        return self.model(list(batch))
+    def __call__(
+        self, batch: Sequence[torch.Tensor], *, paste_masks: bool = True
+    ) -> list[dict[str, torch.Tensor]]:
+        """Raw torchvision outputs for (3, 1352, 1688) inputs in 0..1, in model coordinates.
+
+        ``paste_masks=False`` runs the same eval forward but leaves each mask as the mask
+        head's (1, 28, 28) probabilities instead of pasting it into a full-size map;
+        ``detections_from_output`` pastes kept masks around their boxes only.
+        """
+        if paste_masks:
+            return self.model(list(batch))
+        return _forward_unpasted(self.model, list(batch))
+
+
+def _forward_unpasted(model: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """``GeneralizedRCNN.forward`` in eval mode, less ``paste_masks_in_image``."""
+    original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+    image_list, _ = model.transform(images)
+    features = model.backbone(image_list.tensors)
+    proposals, _ = model.rpn(image_list, features)
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    for detection, resized, original in zip(
+        detections, image_list.image_sizes, original_sizes, strict=True
+    ):
+        detection["boxes"] = resize_boxes(detection["boxes"], resized, original)
+    return detections
 
 
 def load_detector(
@@ -220,7 +248,9 @@ def detections_from_output(
     """Kept detections of one image in original-image pixels.
 
     ``output`` is torchvision's result for a 1352 x 1688 input: boxes (N, 4) xyxy, scores (N,),
-    labels (N,), masks (N, 1, 1352, 1688) probabilities. Detections scoring >= score_threshold
+    labels (N,), masks either pasted, (N, 1, 1352, 1688) probabilities, or as the mask head
+    gives them, (N, 1, 28, 28) (``LoadedDetector(..., paste_masks=False)``): these are pasted
+    here around their boxes only, with the same values. Detections scoring >= score_threshold
     are kept; boxes are scaled by (orig_w / 1688, orig_h / 1352); each mask probability map is
     resized (bilinear, half-pixel centres, only around its box: ``masks.py``) to the original
     size and thresholded at > mask_threshold.
@@ -229,17 +259,33 @@ def detections_from_output(
     keep = torch.nonzero(scores >= np.float32(score_threshold)).flatten()
     if keep.numel() == 0:
         return []
-    boxes = output["boxes"].detach().float().cpu()[keep].numpy()
+    model_boxes = output["boxes"].detach().float().cpu()[keep]
+    boxes = model_boxes.numpy()
     label_index = output["labels"].detach().cpu()[keep].tolist()
-    masks = output["masks"].detach().float().cpu()[keep, 0].numpy()
+    masks = output["masks"].detach().float().cpu()
+    height, width = DETECTOR_INPUT_HEIGHT, DETECTOR_INPUT_WIDTH
+    if tuple(masks.shape[-2:]) == (height, width):
+        pasted = masks.numpy()
+        crops = [
+            resize_probability_to_mask(
+                pasted[index, 0], box, original_height, original_width, mask_threshold
+            )
+            for index, box in zip(keep.tolist(), boxes, strict=True)
+        ]
+    else:
+        crops = [
+            resize_region_to_mask(
+                values, origin, height, width, original_height, original_width, mask_threshold
+            )
+            for values, origin in paste_regions(masks[keep], model_boxes, height, width)
+        ]
     kept_scores = scores[keep].tolist()
     scale_x = original_width / DETECTOR_INPUT_WIDTH
     scale_y = original_height / DETECTOR_INPUT_HEIGHT
     detections = []
-    for box, score, index, probability in zip(boxes, kept_scores, label_index, masks, strict=True):
-        crop, (top, left) = resize_probability_to_mask(
-            probability, box, original_height, original_width, mask_threshold
-        )
+    for box, score, index, (crop, (top, left)) in zip(
+        boxes, kept_scores, label_index, crops, strict=True
+    ):
         mask = np.zeros((original_height, original_width), dtype=bool)
         mask[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
         centre = mask_centroid(crop) if crop.size else None

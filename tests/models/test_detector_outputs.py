@@ -202,3 +202,48 @@ def test_resizing_only_around_the_box_equals_resizing_the_whole_map(
         assert expected.sum() > 100
         assert np.abs(whole[differing] - 0.5).max(initial=0.0) < 1e-5
         assert differing.sum() <= 3
+
+
+def test_pasting_kept_masks_around_their_boxes_equals_torchvisions_full_paste() -> None:
+    """``detections_from_output`` on the mask head's 28 x 28 probabilities gives the same
+    masks, areas and centroids, bit for bit, as on torchvision's full-size pasted maps: boxes
+    inside, across every edge of the 1352 x 1688 input, tiny, and one of a single pixel."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    generator = torch.Generator().manual_seed(7)
+    boxes = torch.tensor(
+        [
+            [100.5, 200.25, 420.0, 330.75],
+            [-3.0, -2.5, 60.0, 1351.0],
+            [1500.0, 1200.0, 1687.9, 1351.9],
+            [800.2, 600.7, 803.1, 602.2],
+            [1687.0, 40.0, 1688.0, 41.0],
+            [0.0, 0.0, 1688.0, 1352.0],
+        ]
+    )
+    count = len(boxes)
+    small = torch.rand(count, 1, 28, 28, generator=generator)
+    small[:, :, 8:20, 8:20] += 0.6  # a solid core, so every mask has pixels over 0.5
+    base = {
+        "boxes": boxes,
+        "scores": torch.linspace(0.99, 0.61, count),
+        "labels": torch.tensor([1, 2] * (count // 2)),
+    }
+    for height, width in [(2028, 2532), (1352, 1688), (676, 844)]:
+        kwargs = {
+            "original_height": height,
+            "original_width": width,
+            "labels": XCHEM_LABELS,
+            "score_threshold": 0.6,
+            "mask_threshold": 0.5,
+        }
+        pasted = paste_masks_in_image(small.clone(), boxes, (1352, 1688))
+        reference = detections_from_output({**base, "masks": pasted}, **kwargs)
+        windowed = detections_from_output({**base, "masks": small.clone()}, **kwargs)
+        assert len(windowed) == len(reference) == count
+        for fast, slow in zip(windowed, reference, strict=True):
+            assert fast.mask_area == slow.mask_area
+            assert fast.centroid == slow.centroid
+            assert fast.box == slow.box
+            assert np.array_equal(fast.mask, slow.mask)  # type: ignore[arg-type]
+        assert sum(d.mask_area > 0 for d in windowed) >= count - 1  # the 1-px box may vanish
