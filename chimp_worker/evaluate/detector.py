@@ -213,10 +213,11 @@ def make_detector_analyser(
     batch_size: int = 2,
     torch_threads: int = 0,
     max_detections: int = 100,
+    precision: str = "fp32",
 ) -> Any:
     """A ``ChimpAnalyser`` holding one detector (VMXi or XChem, read from the file) that keeps
     every detection scoring >= 0.05, at most ``max_detections`` per image (COCO's cap), for
-    mAP."""
+    mAP. ``precision="bf16"`` judges the opt-in fast mode the same way."""
     from chimp_worker.models import ChimpAnalyser, configure_threads, load_detector, resolve_device
     from chimp_worker.models.analyser import AnalysisOptions
 
@@ -228,6 +229,7 @@ def make_detector_analyser(
         mask_threshold=mask_threshold,
         clahe_clip_limit=clahe_clip_limit,
         batch_size=batch_size,
+        precision=precision,  # type: ignore[arg-type]
     )
     role = {"vmxi": "vmxi_detector", "xchem": "xchem_detector"}[detector.flavour]
     return ChimpAnalyser(**{role: detector}, options=options, device=resolve_device(device))

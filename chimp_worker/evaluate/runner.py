@@ -157,6 +157,7 @@ def run_detector_evaluation(
         batch_size=settings.batch_size,
         torch_threads=settings.torch_threads,
         max_detections=max_detections,
+        precision=settings.precision,
     )
     test_set = " + ".join(p.stem for p in (annotations, labels_csv) if p is not None)
     return evaluate_detector(

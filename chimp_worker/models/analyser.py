@@ -38,6 +38,7 @@ from chimp_worker.models.detector import (
     load_detector,
     model_score_threshold,
 )
+from chimp_worker.models.fusion import fold_frozen_batchnorm
 from chimp_worker.models.prefetch import prefetched
 from chimp_worker.models.preprocessing import classifier_input, detector_input
 
@@ -80,6 +81,9 @@ class AnalysisOptions:
     # Paste every mask into a full 1352 x 1688 map as torchvision does (the reference), rather
     # than only around its box: same masks, 9 MB and some milliseconds less per detection.
     paste_full_masks: bool = False
+    # Fold the detector's frozen batch norm into its convolutions (``fusion.py``): about a
+    # fifth faster on CPU, outputs equal to float rounding. Off in the benchmark's reference.
+    fold_batchnorm: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnalysisOptions:
@@ -178,8 +182,14 @@ class ChimpAnalyser:
         if inside is None:
             inside = model_score_threshold(self.options.score_threshold)
         for detector in self.detectors.values():
+            if self.options.fold_batchnorm or self.options.precision == "bf16":
+                fold_frozen_batchnorm(detector.model)
             detector.model.to(self.device)
             detector.set_score_threshold(inside)
+            if self.options.precision == "bf16":
+                # oneDNN's bf16 convolutions are fastest on channels-last weights.
+                detector.model.backbone.to(memory_format=torch.channels_last)
+                detector.model.rpn.to(memory_format=torch.channels_last)
         if classifier is not None:
             classifier.model.to(self.device)
             if self.options.channels_last:

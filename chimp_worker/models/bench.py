@@ -36,6 +36,7 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "model_score_threshold": 0.05,
             "paste_full_masks": True,
+            "fold_batchnorm": False,
             "channels_last": False,
             "prefetch": False,
             "batch_size": 1,
@@ -43,7 +44,7 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "fast": (
         "the defaults: score 0.6 inside the model, kept masks pasted around their boxes only, "
-        "channels-last classifier, "
+        "batch norm folded into the convolutions, channels-last classifier, "
         "prefetching, batches of batch_size",
         {},
     ),

@@ -179,6 +179,9 @@ def _forward_unpasted(model: MaskRCNN, images: list[torch.Tensor]) -> list[dict[
     image_list, _ = model.transform(images)
     features = model.backbone(image_list.tensors)
     proposals, _ = model.rpn(image_list, features)
+    if any(feature.dtype != torch.float32 for feature in features.values()):
+        # bf16: roi_align computes in fp32 and would cast each level again on every call.
+        features = {name: feature.float().contiguous() for name, feature in features.items()}
     detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
     for detection, resized, original in zip(
         detections, image_list.image_sizes, original_sizes, strict=True

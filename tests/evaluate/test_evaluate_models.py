@@ -266,3 +266,36 @@ def test_cli_evaluate_detector_at_the_published_size(
     assert data["coco"]["predictions"] <= 2 * 5
     assert data["as_classifier"]["metrics"]["images"] == 2
     assert [p.name for p in plots.iterdir()] == ["pr_segm.png"]
+
+
+def test_the_bf16_mode_is_judged_the_same_way(weights_dir: Path, xchem_set: MockDataset) -> None:
+    """``CHIMP_PRECISION=bf16 chimp-worker evaluate detector``: the opt-in mode's detector
+    (batch norm folded, channels-last, bf16 autocast) gets the same tables, so a facility can
+    set them beside the fp32 ones before switching it on."""
+    detector_file = cached_weight_file(weights_dir, "detector", flavour="xchem", seed=0)
+    tables = {}
+    for precision in ("fp32", "bf16"):
+        analyser = make_detector_analyser(
+            detector_file, device="cpu", torch_threads=1, precision=precision
+        )
+        assert analyser.options.precision == precision
+        model = analyser.detectors["xchem_detector"].model
+        model.transform.min_size, model.transform.max_size = (128,), 160
+        model.roi_heads.detections_per_img = 10
+        tables[precision] = evaluate_detector(
+            analyser,
+            name=precision,
+            test_set="mock",
+            coco=load_coco(xchem_set.annotations),
+            score_threshold=0.6,
+        )
+    weight = model.backbone.body.layer1[0].conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    fp32, bf16 = tables["fp32"].coco, tables["bf16"].coco
+    assert fp32 is not None
+    assert bf16 is not None
+    assert {(s.iou_type, s.category) for s in bf16.scores} == {
+        (s.iou_type, s.category) for s in fp32.scores
+    }
+    assert bf16.predictions > 0
+    assert tables["bf16"].crystals_per_image.keys() == tables["fp32"].crystals_per_image.keys()

@@ -182,27 +182,57 @@ def test_every_stage_is_timed(results: list[ImageAnalysis]) -> None:
         assert result.timings_ms["xchem_detector"] > 0.0
 
 
-def test_the_published_threshold_path_gives_identical_detections(
-    results: list[ImageAnalysis], images: list[DecodedImage], settings: Settings
-) -> None:
-    """Run the way the published tooling does -- 0.05 inside the model, 100 masks pasted at
-    full size, then filtered at 0.6 -- from a fresh load: same detections and masks, bit for
-    bit, as the defaults (kept masks pasted around their boxes only). This is also the
-    determinism check: a second load and run reproduce the first."""
-    reference = ChimpAnalyser(
+@pytest.fixture(scope="module")
+def reference(images: list[DecodedImage], settings: Settings) -> ImageAnalysis:
+    """The XChem image run the way the published tooling does: 0.05 inside the model, 100
+    masks pasted at full size, then filtered at 0.6; batch norm not folded."""
+    analyser = ChimpAnalyser(
         xchem_detector=load_detector(settings.xchem_detector_path, 3),  # type: ignore[arg-type]
         options=AnalysisOptions(
-            model_score_threshold=REFERENCE_SCORE_THRESHOLD, paste_full_masks=True
+            model_score_threshold=REFERENCE_SCORE_THRESHOLD,
+            paste_full_masks=True,
+            fold_batchnorm=False,
         ),
     )
-    (again,) = reference.analyse(images[:1])
-    fast = by_role(results[0], "xchem_detector")
-    slow = again.detections
-    assert [d.label for d in slow] == [d.label for d in fast]
-    assert [d.score for d in slow] == [d.score for d in fast]
-    assert [d.box for d in slow] == [d.box for d in fast]
-    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(slow, fast, strict=True))  # type: ignore[arg-type]
-    assert again.dispense == results[0].dispense
+    return analyser.analyse(images[:1])[0]
+
+
+def test_the_published_threshold_path_gives_identical_detections(
+    reference: ImageAnalysis, images: list[DecodedImage], settings: Settings
+) -> None:
+    """The final threshold inside the model and masks pasted around their boxes only give the
+    reference's detections and masks bit for bit (batch norm unfolded in both). This is also
+    the determinism check: a second load and run reproduce the first."""
+    unfolded = ChimpAnalyser(
+        xchem_detector=load_detector(settings.xchem_detector_path, 3),  # type: ignore[arg-type]
+        options=AnalysisOptions(fold_batchnorm=False),
+    )
+    (fast,) = unfolded.analyse(images[:1])
+    slow = reference.detections
+    assert [d.label for d in slow] == [d.label for d in fast.detections]
+    assert [d.score for d in slow] == [d.score for d in fast.detections]
+    assert [d.box for d in slow] == [d.box for d in fast.detections]
+    assert all(
+        np.array_equal(a.mask, b.mask)  # type: ignore[arg-type]
+        for a, b in zip(slow, fast.detections, strict=True)
+    )
+    assert fast.dispense == reference.dispense
+
+
+def test_folded_batch_norm_changes_the_detections_only_by_rounding(
+    results: list[ImageAnalysis], reference: ImageAnalysis
+) -> None:
+    """The defaults fold the frozen batch norm into the convolutions: same detections,
+    centroids and dispense point as the reference; scores and boxes equal to float rounding."""
+    folded = by_role(results[0], "xchem_detector")
+    slow = reference.detections
+    assert [d.label for d in folded] == [d.label for d in slow]
+    for fast, plain in zip(folded, slow, strict=True):
+        assert fast.score == pytest.approx(plain.score, abs=1e-5)
+        assert fast.box == pytest.approx(plain.box, abs=1e-2)
+        assert fast.centroid == plain.centroid
+        assert abs(fast.mask_area - plain.mask_area) <= max(2, plain.mask_area // 1000)
+    assert results[0].dispense == reference.dispense
 
 
 def test_an_analyser_without_model_files_is_a_config_error() -> None:
