@@ -147,12 +147,13 @@ def prepare_bench(
     )
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """This process's fp32 matrix-multiply rate: the yardstick for achieved GFLOP/s."""
+def matmul_gflops(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """This process's matrix-multiply rate (fp32 or bf16): the yardstick for achieved
+    GFLOP/s, and with the FLOP count the floor no configuration can beat."""
     import torch
 
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
     a @ b
     best = math.inf
     for _ in range(repeats):
@@ -216,7 +217,12 @@ def measure(
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.ispyb.writer import write_image_result
     from chimp_worker.log import configure_logging
-    from chimp_worker.models.analyser import AnalysisOptions, ChimpAnalyser, configure_threads
+    from chimp_worker.models.analyser import (
+        AnalysisOptions,
+        ChimpAnalyser,
+        bf16_supported,
+        configure_threads,
+    )
     from chimp_worker.models.classifier import load_classifier
     from chimp_worker.models.detector import load_detector
     from chimp_worker.pipeline import Pipeline
@@ -226,6 +232,7 @@ def measure(
     role = ROLES[flavour]
     configure_threads(setup.threads)
     rate = matmul_gflops()
+    rate_bf16 = matmul_gflops(dtype="bfloat16") if bf16_supported() else None
     options = {"batch_size": setup.batch_size, "classifier_input_size": setup.classifier_input_size}
     options.update(CONFIGURATIONS[configuration][1])
 
@@ -271,18 +278,20 @@ def measure(
     timings = [dict(result.timings_ms) for result in results]
 
     flops: dict[str, float] = {}
-    if count_flops:
-        first = prepared[0]
+    if count_flops:  # per image: the mask head's share depends on the detections kept
+        totals = []
         with torch.inference_mode():
+            for item in prepared:
+                with FlopCounterMode(display=False) as counter:
+                    analyser.analyse_prepared([item])
+                totals.append(counter.get_total_flops())
             with FlopCounterMode(display=False) as counter:
-                analyser.analyse_prepared([first])
-            total = counter.get_total_flops()
-            with FlopCounterMode(display=False) as counter:
-                batch = torch.from_numpy(first.classifier_input[None])  # type: ignore[index]
+                batch = torch.from_numpy(prepared[0].classifier_input[None])  # type: ignore[index]
                 analyser.classifier.model(batch)  # type: ignore[union-attr]
+        classifier_flops = counter.get_total_flops()
         flops = {
-            "classifier": counter.get_total_flops(),
-            "detector": total - counter.get_total_flops(),
+            "classifier": classifier_flops,
+            "detector": statistics.fmean(totals) - classifier_flops,
         }
 
     write_ms = _timed_writes(plate, results, make_engine, make_session_factory, write_image_result)
@@ -294,6 +303,7 @@ def measure(
         "images": count,
         "threads": torch.get_num_threads(),
         "matmul_gflops": rate,
+        "matmul_gflops_bf16": rate_bf16,
         "load_s": load_s,
         "models_images_per_s": count / models_s,
         "pipeline_images_per_s": count / pipeline_s,
@@ -426,9 +436,7 @@ def run_bench(
         for configuration in configurations:
             echo(f"measuring {configuration} on the {flavour} plate ({setup.images} images)...")
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                run = pool.submit(
-                    measure, setup, flavour, configuration, configuration == "fast"
-                ).result()
+                run = pool.submit(measure, setup, flavour, configuration, True).result()
             runs.append(run)
         echo(f"interleaving {', '.join(configurations)} pipelines on the {flavour} plate...")
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:

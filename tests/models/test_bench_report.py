@@ -54,12 +54,16 @@ def test_identical_outputs_agree_exactly() -> None:
     result = agreement([OUTPUT], [copy.deepcopy(OUTPUT)])
     assert result == {
         "probability": 0.0,
+        "top_class_agreement": 1.0,
         "same_detections": True,
+        "matched_detections": 1.0,
         "score": 0.0,
         "box_px": 0.0,
         "centroid_px": 0.0,
         "targets_identical": True,
+        "targets_px": 0.0,
         "dispense_identical": True,
+        "dispense_px": 0.0,
     }
 
 
@@ -75,12 +79,33 @@ def test_differences_are_measured_per_kind() -> None:
     assert result["centroid_px"] == 1
     assert result["same_detections"] is True
     assert result["dispense_identical"] is False
+    assert result["dispense_px"] == 1.0
 
 
 def test_a_different_detection_list_is_not_the_same() -> None:
     other = copy.deepcopy(OUTPUT)
     other["detections"].pop()
-    assert agreement([OUTPUT], [other])["same_detections"] is False
+    result = agreement([OUTPUT], [other])
+    assert result["same_detections"] is False
+    assert result["matched_detections"] == 0.5
+
+
+def test_detections_are_paired_as_the_same_object_before_comparing() -> None:
+    """An extra detection in front shifts every later one: pairing by label and IoU (not by
+    position) still compares the drop with the drop and the crystal with the crystal."""
+    other = copy.deepcopy(OUTPUT)
+    other["detections"].insert(
+        0, {"label": "crystal", "score": 0.95, "box": [60.0, 60.0, 70.0, 70.0], "centroid": None}
+    )
+    other["detections"][2]["box"] = [21.0, 20.0, 30.0, 30.0]  # IoU 0.9 with the original
+    other["targets"] = [(26, 24)]
+    other["probabilities"] = {"clear": 0.7, "crystals": 0.1, "other": 0.1, "precipitate": 0.1}
+    result = agreement([OUTPUT], [other])
+    assert result["matched_detections"] == 1.0
+    assert result["same_detections"] is False  # one extra
+    assert result["box_px"] == 1.0
+    assert result["targets_px"] == pytest.approx(2**0.5)
+    assert result["top_class_agreement"] == 0.0
 
 
 def test_targets_pass_and_fail_from_the_figures(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,6 +135,12 @@ def test_targets_pass_and_fail_from_the_figures(monkeypatch: pytest.MonkeyPatch)
     assert "same detections yes" in text
     assert "machine: test machine" in text
     assert "kept detections/image (mean)                 2.0           2.0" in text
+    # 406.5 GFLOP at 100 GFLOP/s: 4.07 s per image, the best any configuration could do;
+    # the reference took 30 s / 4 images = 7.5 s, so 1.85x is the most on offer.
+    assert "models floor s/image (FLOPs/rate)           4.07          4.07" in text
+    assert "its FLOPs allow at most 1.85x here" in text
+    assert "the FLOPs alone need 19.5 min here" in text
+    assert "GFLOP per image (classifier + detector, mean): reference 46.5 + 360.0" in text
 
 
 def test_the_machine_is_described() -> None:
