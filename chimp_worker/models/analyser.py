@@ -60,7 +60,8 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """How the models are run; every field has a ``Settings`` counterpart."""
+    """How the models are run. The fields ``from_settings`` copies are configurable; the rest
+    are fixed in the worker and switched off only by the benchmark's plain reference."""
 
     classifier_input_size: int = 512
     score_threshold: float = 0.6
