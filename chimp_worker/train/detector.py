@@ -143,6 +143,7 @@ def train_detector(
             mask_threshold=config.mask_threshold,
             clahe_clip_limit=config.clahe_clip_limit,
             batch_size=1,
+            fold_batchnorm=False,  # the model is still training and is saved as published
         ),
         device=device,
     )

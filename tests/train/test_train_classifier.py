@@ -80,7 +80,7 @@ def trained(
         epochs=8,
         frozen_epochs=1,
         batch_size=8,
-        max_lr=5e-3,
+        max_lr=2e-3,
         head_lr=1e-2,
         patience=0,
         seed=0,
