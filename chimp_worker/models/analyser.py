@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 Precision = Literal["fp32", "bf16"]
+Item = TypeVar("Item")
 log = get_logger(__name__)
 
 
@@ -142,7 +143,7 @@ def _elapsed_ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def _chunks(items: Sequence[PreparedImage], size: int) -> Iterator[Sequence[PreparedImage]]:
+def _chunks(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -304,8 +305,7 @@ class ChimpAnalyser:
         step = 1 if self.device.type == "cpu" else count
         probabilities: list[dict[str, float] | None] = [None] * count
         if self.classifier is not None:
-            for first in range(0, count, step):
-                group = range(first, min(first + step, count))
+            for group in _chunks(range(count), step):
                 start = time.perf_counter()
                 arrays = [batch[i].classifier_input for i in group]
                 tensor = torch.from_numpy(np.stack(arrays)).to(self.device)  # type: ignore[arg-type]
@@ -320,8 +320,7 @@ class ChimpAnalyser:
 
         detections: list[dict[str, list[Detection]]] = [{} for _ in batch]
         for role, detector in self.detectors.items():
-            for first in range(0, count, step):
-                group = range(first, min(first + step, count))
+            for group in _chunks(range(count), step):
                 start = time.perf_counter()
                 inputs = [
                     torch.from_numpy(batch[i].detector_input).to(self.device)  # type: ignore[arg-type]
