@@ -18,7 +18,7 @@ import numpy as np
 # Canonical CHiMP class names, as the published classifier's ``class_names`` spell them.
 CLASS_NAMES: tuple[str, ...] = ("clear", "crystals", "other", "precipitate")
 
-# How each canonical class is named in ISPyB's CHIMP auto-score schema (contracts.md 2).
+# How each canonical class is named in ISPyB's CHIMP auto-score schema (ISPyB 5.x seed rows).
 ISPYB_SCORE_CLASS: Mapping[str, str] = {
     "crystals": "crystal",
     "clear": "clear",

@@ -22,7 +22,7 @@ How it works, on a copy of the image shrunk to 640 pixels on its long side:
    not calibrated probabilities.
 
 The dispense point comes from ``geometry.dispense_point`` with the drop and crystal masks, as
-for CHiMP. Measured against the mock imager's ground truth in the README.
+for CHiMP. Measured against the mock imager's ground truth in docs/demo.md.
 """
 
 from __future__ import annotations

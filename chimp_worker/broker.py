@@ -8,7 +8,7 @@ channel, driven by the daemon's I/O thread). pika's exceptions are translated he
 ``BrokerUnavailableError`` (transient), ``UnroutableMessageError`` and
 ``TopologyMismatchError`` so nothing above this module knows pika.
 
-Topology (see README "Running the worker"): the events queue and the work queue are durable
+Topology (see docs/operations.md): the events queue and the work queue are durable
 quorum queues; each has a quorum dead-letter queue ``dlq.<queue>``. With
 ``queue_arguments="declare"`` (default) the delivery limit and dead-lettering are queue
 arguments, declared identically by every process; with ``"policy"`` only ``x-queue-type`` is

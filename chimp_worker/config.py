@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     queue_arguments: Literal["declare", "policy"] = Field(
         "declare",
         description="declare: quorum queues carry delivery limit and dead-lettering as "
-        "arguments; policy: only x-queue-type, the rest from a broker policy (README)",
+        "arguments; policy: only x-queue-type, the rest from a broker policy (docs/operations.md)",
     )
     delivery_limit: int = Field(5, ge=1, le=1000, description="redeliveries before the DLQ")
     results_queue: str = Field(

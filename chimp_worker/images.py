@@ -1,7 +1,7 @@
 """Fetch and fully decode a plate micrograph, from the filesystem or over HTTP.
 
 An image is only handed on once every pixel is decoded: Pillow opens lazily, so a truncated
-JPEG opens fine and fails later (reliability.md). Each way an image can be unusable raises its
+JPEG opens fine and fails later. Each way an image can be unusable raises its
 own :mod:`chimp_worker.errors` class, whose ``reason`` ends up in the worker's failure rows:
 missing, corrupt, truncated, too large, unsupported format, timed out, outside the allowed
 roots, fetch failed. Greyscale (VMXi) images are replicated to three channels.

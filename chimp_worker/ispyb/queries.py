@@ -9,7 +9,7 @@ failure reasons, dispense status, detection boxes and model checksums.
 
 "Latest" is SynchWeb's notion: per sample, the image with the highest blSampleImageId among
 images of Completed inspections. The SQL lives in named constants, written to run unchanged on
-MariaDB and SQLite, and the README quotes it so staff can run it by hand.
+MariaDB and SQLite, and docs/staff.md quotes it so staff can run it by hand.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from chimp_worker.errors import NotFoundError
 from chimp_worker.ispyb.database import translate_db_errors
 from chimp_worker.report.model import PlateLayout
 
-# --- SQL (quoted in README.md, "Results for beamline staff") -------------------------------
+# --- SQL (quoted in docs/staff.md) -------------------------------
 
 PLATE_SQL = """
 SELECT c.containerId, c.barcode, c.containerType, c.sessionId,

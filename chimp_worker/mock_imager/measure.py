@@ -1,6 +1,6 @@
 """How well an analyser does on mock-imager micrographs, against their exact ground truth.
 
-    python -m chimp_worker.mock_imager.measure --images 200          # the README's figures
+    python -m chimp_worker.mock_imager.measure --images 200          # the figures in docs/demo.md
 
 Drop found: the analyser's drop mask overlaps the true drop with IoU >= 0.5. Crystal recall:
 a true crystal counts as found when a crystal target lies on its mask or within half its

@@ -309,7 +309,7 @@ def _targets(
 ) -> list[str]:
     from chimp_worker.models.analyser import bf16_supported
 
-    lines = ["Targets (issue 8):"]
+    lines = ["Targets:"]
 
     def target(passed: bool | None, text: str) -> None:
         lines.append(f"  {_status(passed):4}  {text}")

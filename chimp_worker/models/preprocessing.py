@@ -1,4 +1,4 @@
-"""Image preprocessing for the CHiMP models, exactly as contracts.md section 1 describes.
+"""Image preprocessing for the CHiMP models, exactly as the published method does it.
 
 Pure functions from a uint8 RGB array to a float32 CHW array (numpy + OpenCV, no torch), so
 they can run in a prefetching thread while the models work, and so a parity test can hold them

@@ -13,7 +13,7 @@ from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.worker_tables import ChimpDetection, ChimpImageModel, ChimpImageResult
 from chimp_worker.ispyb.writer import record_image_failure, write_image_result
 
-# Seeded class ids (contracts.md 2): CHIMP 5 clear, 6 crystal, 7 precipitant, 8 other;
+# Seeded class ids (ISPyB 5.x seed rows): CHIMP 5 clear, 6 crystal, 7 precipitant, 8 other;
 # the baseline's schema 9-12 in the same order.
 CHIMP_IDS = {"clear": 5, "crystal": 6, "precipitant": 7, "other": 8}
 BASELINE_IDS = {"clear": 9, "crystal": 10, "precipitant": 11, "other": 12}

@@ -1,4 +1,4 @@
-"""Preprocessing against an independent, straightforward reading of contracts.md section 1.
+"""Preprocessing against an independent, straightforward reading of the published preprocessing.
 
 The reference functions below are written from the contract's words (torch for the arithmetic
 and padding, OpenCV for the bilinear resize and CLAHE the contract names), not from the

@@ -1,5 +1,5 @@
-"""The worker runs with exactly the grants the README lists: the GRANT statements are read from
-the README itself, applied to a fresh database for a new user, and a real worker process takes
+"""The worker runs with exactly the grants docs/reliability.md lists: the GRANT statements are read
+from that page itself, applied to a fresh database for a new user, and a real worker process takes
 a plate through with that user."""
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ ACCESS_DENIED = {1142, 1143, 1044}  # table, column, database access denied
 
 
 def readme_grants() -> list[str]:
-    """The GRANT statements of the README's least-privilege block, in order."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Reliability and security") :]
-    block = re.search(r"```sql\n(.*?)```", section, re.DOTALL)
-    assert block, "README: no sql block in 'Reliability and security'"
+    """The GRANT statements of docs/reliability.md's least-privilege block, in order."""
+    text = (REPO / "docs" / "reliability.md").read_text()
+    block = re.search(r"```sql\n(.*?)```", text, re.DOTALL)
+    assert block, "docs/reliability.md: no sql block"
     sql = "\n".join(line for line in block.group(1).splitlines() if not line.startswith("--"))
     statements = [" ".join(s.split()) for s in sql.split(";")]
     return [statement for statement in statements if statement.startswith("GRANT")]

@@ -1,4 +1,4 @@
-"""The SQL the README gives beamline staff runs on MariaDB and SQLite and returns what the
+"""The SQL docs/staff.md gives beamline staff runs on MariaDB and SQLite and returns what the
 database holds (values from ``helpers.staff.KNOWN``)."""
 
 from __future__ import annotations
@@ -9,19 +9,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+STAFF_DOC = Path(__file__).resolve().parents[2] / "docs" / "staff.md"
 
 
 def staff_queries() -> dict[str, str]:
-    """'-- staff: NAME' first line -> the SQL block, from the README's staff section."""
-    section = README.read_text(encoding="utf-8").split("## Results for beamline staff", 1)[1]
-    section = re.split(r"\n## ", section, maxsplit=1)[0]
+    """'-- staff: NAME' first line -> the SQL block, from docs/staff.md."""
+    section = STAFF_DOC.read_text(encoding="utf-8")
     blocks = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
     queries = {}
     for block in blocks:
         first, _, _ = block.partition("\n")
         match = re.fullmatch(r"-- staff: (.+)", first.strip())
-        assert match, f"README SQL block without a '-- staff: name' line: {first!r}"
+        assert match, f"docs/staff.md SQL block without a '-- staff: name' line: {first!r}"
         queries[match.group(1)] = block
     return queries
 
