@@ -1,6 +1,6 @@
 """CHiMP Classifier v2: ConvNeXt-Tiny (timm) with the published two-layer head.
 
-The checkpoint layout is the authors' (the published Classifier v2 file): a dict with ``model_state_dict``,
+The checkpoint layout is the authors': a dict with ``model_state_dict``,
 ``model_struc_dict`` (``type`` = timm name, ``num_classes``, ``classes``),
 ``optimizer_state_dict``, ``loss_val`` (numpy float64) and ``class_names``. Class order is
 always read from the file's ``class_names``, never assumed.
