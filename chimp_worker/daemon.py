@@ -492,7 +492,9 @@ def run_daemon(
     quiet_pika_logging()
     pipeline = Pipeline.from_settings(settings)
     try:
-        unreachable = pipeline.engine and check_database_access(pipeline.engine)
+        unreachable = pipeline.engine and check_database_access(
+            pipeline.engine, pipeline.analyser.schema_name, analyser=pipeline.analyser.name
+        )
         if unreachable:
             log.warning("database_unreachable_at_start", detail=unreachable)
         daemon = Daemon(settings, pipeline, max_messages=max_messages, idle_exit_s=idle_exit_s)

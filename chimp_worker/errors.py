@@ -115,6 +115,25 @@ class MissingScoreClassError(PermanentError):
     reason = "missing_score_class"
 
 
+class ScoreSchemaError(ConfigError):
+    """The auto-score schema the analyser writes under is missing, incomplete or disabled in
+    ISPyB; the message carries the SQL to hand to the ISPyB administrators."""
+
+    reason = "score_schema"
+
+
+class DatabaseRefusedError(PermanentError):
+    """The database refused one image's write (a foreign key, a unique key, a constraint):
+    the same write can never succeed, so that image fails with this reason and the rest go on.
+
+    Reasons: ``db_refused_foreign_key`` (MariaDB 1451/1452), ``db_refused_duplicate`` (1062),
+    ``db_refused_constraint`` (NOT NULL, CHECK), ``db_refused_data`` (out of range, too long),
+    ``db_refused`` for any other refusal.
+    """
+
+    reason = "db_refused"
+
+
 class DatabaseSchemaError(PermanentError):
     """The database's schema cannot be created or upgraded as asked (e.g. core on real ISPyB)."""
 

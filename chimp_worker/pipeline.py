@@ -5,6 +5,8 @@ code path from image to ISPyB rows. Its failure rules are the worker's:
 
 - a bad image (missing, corrupt, too large...; or one the analyser fails on by itself) is
   recorded as failed with its reason, and the rest of the images go on;
+- so is an image whose write the database refuses for good (a foreign key, a constraint:
+  ``DatabaseRefusedError``): retrying or redelivering cannot change the answer;
 - a transient database error propagates as ``DatabaseUnavailableError``: every write is its
   own short idempotent transaction, so the caller retries the whole unit safely;
 - anything else propagates (the daemon requeues; the delivery limit stops a poison message).
@@ -27,6 +29,7 @@ from chimp_worker.analysis import Analyser, DecodedImage, ImageAnalysis
 from chimp_worker.errors import (
     AnalysisError,
     ChimpError,
+    DatabaseRefusedError,
     ImageError,
     ImageMissingError,
     UnknownImageError,
@@ -44,7 +47,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 ImageOutcome = Literal["done", "unchanged", "failed", "skipped"]
-ImageFailure = ImageError | AnalysisError  # recorded against the image; the plate goes on
+# Recorded against the image; the plate goes on.
+ImageFailure = ImageError | AnalysisError | DatabaseRefusedError
 
 
 @dataclass(frozen=True)
@@ -240,14 +244,19 @@ class Pipeline:
                 for item, result, seconds in self._analyse(fetched):
                     image_id = item.image.blSampleImageId
                     with structlog.contextvars.bound_contextvars(blsample_image_id=image_id):
-                        if isinstance(result, ImageFailure):
-                            self._record_failure(image_id, result)
-                            failed[image_id] = result.reason
-                            report(image_id, "failed", result.reason, seconds)
-                        else:
-                            changed = self._write(image_id, result)
-                            written.append(image_id)
-                            report(image_id, "done" if changed else "unchanged", None, seconds)
+                        if not isinstance(result, ImageFailure):
+                            try:
+                                changed = self._write(image_id, result)
+                            except DatabaseRefusedError as refused:
+                                result = refused
+                            else:
+                                written.append(image_id)
+                                outcome = "done" if changed else "unchanged"
+                                report(image_id, outcome, None, seconds)
+                                continue
+                        self._record_failure(image_id, result)
+                        failed[image_id] = result.reason
+                        report(image_id, "failed", result.reason, seconds)
         return written, failed
 
     def _fetch_later(

@@ -11,8 +11,12 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from helpers.facility import FacilityPool
 
 MARIADB_HOST = os.environ.get("CHIMP_TEST_MARIADB_HOST", "127.0.0.1")
 MARIADB_PORT = int(os.environ.get("CHIMP_TEST_MARIADB_PORT", "3306"))
@@ -75,12 +79,67 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def ispyb_url(database_url: str) -> str:
+def dev_ispyb_url(database_url: str) -> str:
     """``database_url`` with the ISPyB core subset and the worker's tables created and seeded."""
     from chimp_worker.ispyb.schema import create_all
 
     create_all(database_url)
     return database_url
+
+
+@pytest.fixture(scope="session")
+def facility_pool() -> Iterator[FacilityPool]:
+    """Facility ISPyB databases (tests/helpers/facility.py), built once, reset per lease."""
+    from helpers.facility import FacilityPool
+
+    pool = FacilityPool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def facility_url(facility_pool: FacilityPool) -> Iterator[str]:
+    """A facility's ISPyB: the full schema with every foreign key, the facility's lookups,
+    the worker's tables from ``db upgrade`` and the BASELINE_CV schema the admins added."""
+    require_service("MariaDB", MARIADB_HOST, MARIADB_PORT)
+    with facility_pool.lease() as url:
+        yield url
+
+
+@pytest.fixture
+def bare_facility_url(facility_pool: FacilityPool) -> Iterator[str]:
+    """A facility's ISPyB before its administrators added any schema: MARCO and CHIMP only."""
+    require_service("MariaDB", MARIADB_HOST, MARIADB_PORT)
+    with facility_pool.lease(score_schemas=()) as url:
+        yield url
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("facility", marks=pytest.mark.mariadb),
+    ]
+)
+def ispyb_url(request: pytest.FixtureRequest) -> str:
+    """A database the worker writes to, three ways: SQLite and MariaDB with the core subset
+    (``create_all``), and a facility's full ISPyB (``facility_url``)."""
+    if request.param == "facility":
+        return request.getfixturevalue("facility_url")
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "mariadb_url")
+    from chimp_worker.ispyb.schema import create_all
+
+    create_all(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("facility", marks=pytest.mark.mariadb)])
+def ispyb_world_url(request: pytest.FixtureRequest) -> str:
+    """The two worlds a deployment really has: the embedded SQLite default (core subset) and a
+    facility's full ISPyB; for the slower end-to-end tests (replay, daemon)."""
+    return request.getfixturevalue(
+        "facility_url" if request.param == "facility" else "ispyb_sqlite_url"
+    )
 
 
 @pytest.fixture

@@ -54,7 +54,11 @@ if TYPE_CHECKING:
     "Where the visit directory goes (default: first CHIMP_IMAGE_ROOTS, else ./mock-images)."
 )
 @click.option(
-    "--visit", default="mx23456-1", show_default=True, help="The visit the plate belongs to."
+    "--visit",
+    default="mx23456-1",
+    show_default=True,
+    help="The visit the plate belongs to: an existing one is attached to, a new one is created "
+    "(with its proposal) as the user office would.",
 )
 @click.option(
     "--publish", is_flag=True, help="Publish an inspection-completed event per inspection."

@@ -37,10 +37,11 @@ def results(
     inspections: bool,
 ) -> None:
     """Results of a plate: one row per drop (well, drop, top class, P(crystal), crystal
-    targets, dispense point and its status, processing state).
+    targets and those kept for staff, dispense point and whose it is, processing state).
 
-    Reads ISPyB the way SynchWeb does: without --inspection, each drop's latest image and its
-    latest dispensing position. Probabilities are rounded to 4 decimals, coordinates are
+    Reads ISPyB the way SynchWeb does: without --inspection, each drop's latest image; the
+    dispense point is always the one SynchWeb shows (the drop's highest-id dispensing row),
+    marked worker's or staff's. Probabilities are rounded to 4 decimals, coordinates are
     image pixels from the top-left.
 
     \b

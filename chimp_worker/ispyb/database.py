@@ -17,7 +17,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from chimp_worker.errors import DatabaseUnavailableError
+from chimp_worker.errors import DatabaseRefusedError, DatabaseUnavailableError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MYSQL_POOL_RECYCLE_S = 1800
@@ -130,6 +130,58 @@ def translate_db_errors() -> Iterator[None]:
         raise
 
 
+# MariaDB codes (and SQLite messages) of a write the database refuses for good.
+REFUSAL_MYSQL_CODES: Mapping[int, str] = {
+    1451: "db_refused_foreign_key",  # a row still references the one being deleted
+    1452: "db_refused_foreign_key",  # the row references one that does not exist
+    1216: "db_refused_foreign_key",
+    1217: "db_refused_foreign_key",
+    1062: "db_refused_duplicate",
+    1586: "db_refused_duplicate",
+    1048: "db_refused_constraint",  # NOT NULL
+    1364: "db_refused_constraint",  # no default for a NOT NULL column
+    3819: "db_refused_constraint",  # CHECK (MySQL)
+    4025: "db_refused_constraint",  # CHECK (MariaDB)
+    1264: "db_refused_data",  # out of range
+    1265: "db_refused_data",  # truncated
+    1366: "db_refused_data",  # incorrect value
+    1406: "db_refused_data",  # too long
+}
+REFUSAL_SQLITE_MESSAGES: Mapping[str, str] = {
+    "foreign key constraint failed": "db_refused_foreign_key",
+    "unique constraint failed": "db_refused_duplicate",
+    "not null constraint failed": "db_refused_constraint",
+    "check constraint failed": "db_refused_constraint",
+}
+
+
+def refusal_reason(error: BaseException) -> str | None:
+    """The ``DatabaseRefusedError`` reason of a refused write, or None for other errors."""
+    if not isinstance(error, exc.IntegrityError | exc.DataError | exc.OperationalError):
+        return None
+    original = getattr(error, "orig", None) or error
+    args = getattr(original, "args", ())
+    if args and isinstance(args[0], int):
+        return REFUSAL_MYSQL_CODES.get(args[0])
+    message = str(original).lower()
+    for text_, reason in REFUSAL_SQLITE_MESSAGES.items():
+        if text_ in message:
+            return reason
+    return "db_refused" if isinstance(error, exc.IntegrityError) else None
+
+
+@contextmanager
+def translate_refusals() -> Iterator[None]:
+    """Turn a refused write into ``DatabaseRefusedError``: permanent, with a specific reason."""
+    try:
+        yield
+    except (exc.IntegrityError, exc.DataError, exc.OperationalError) as error:
+        reason = refusal_reason(error)
+        if reason is None or is_transient(error):
+            raise
+        raise DatabaseRefusedError(describe(error), reason=reason) from error
+
+
 @contextmanager
 def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     """One short transaction: commit on success, roll back on error, errors translated."""
@@ -156,11 +208,17 @@ PREFLIGHT_QUERIES = (
 )
 
 
-def check_database_access(engine: Engine) -> str | None:
+def check_database_access(
+    engine: Engine, score_schema: str | None = None, *, analyser: str | None = None
+) -> str | None:
     """Fail fast on credentials, grants or a missing schema, before any message is taken.
 
-    Raises ``ConfigError`` for those; returns a description (and lets the daemon start) when
-    the database is merely unreachable, since per-message retries cover an outage.
+    With ``score_schema`` (the schema the configured analyser writes under), also refuses
+    when ISPyB lacks that schema or its classes, or has it disabled, and when the worker may
+    not read a table that refers to auto sub-samples (it could not tell a queued point from a
+    free one). Raises ``ConfigError`` for those, with the SQL to hand to the ISPyB
+    administrators; returns a description (and lets the daemon start) when the database is
+    merely unreachable, since per-message retries cover an outage.
     """
     from sqlalchemy import text
 
@@ -170,7 +228,11 @@ def check_database_access(engine: Engine) -> str | None:
         with engine.connect() as connection:
             for query in PREFLIGHT_QUERIES:
                 connection.execute(text(query)).all()
-    except (exc.SQLAlchemyError, sqlite3.Error) as error:
+        if score_schema is not None:
+            _check_ispyb_lookups(engine, score_schema, analyser)
+    except (exc.SQLAlchemyError, sqlite3.Error, DatabaseUnavailableError) as error:
+        if isinstance(error, DatabaseUnavailableError):
+            return str(error)
         if is_transient(error):
             return describe(error)
         original = getattr(error, "orig", None) or error
@@ -185,3 +247,31 @@ def check_database_access(engine: Engine) -> str | None:
             raise ConfigError(f"database_url: {original}; run: chimp-worker db upgrade") from None
         raise
     return None
+
+
+def _check_ispyb_lookups(engine: Engine, score_schema: str, analyser: str | None) -> None:
+    """The score schema is writable and every reference to a sub-sample is readable."""
+    from chimp_worker.errors import ConfigError
+    from chimp_worker.ispyb import score_schema as schemas
+    from chimp_worker.ispyb.references import forget, reference_tables
+    from chimp_worker.log import get_logger
+
+    found = schemas.require(engine, score_schema, analyser=analyser)
+    for warning in found.warnings:
+        get_logger(__name__).warning("score_schema_id_above_9", detail=warning)
+    forget(engine)  # probe afresh: grants may have changed since this engine last looked
+    references = reference_tables(engine)
+    if not references.complete:
+        names = ", ".join(reference.table for reference in references.denied)
+        raise ConfigError(
+            f"database_url: the worker may not read {names}, which refer to auto sub-samples; "
+            "without them it cannot tell a queued or collected point from a free one. Ask the "
+            "ISPyB administrators for:\n"
+            + "\n".join(
+                f"  {grant}"
+                for grant in references.grants(
+                    user=f"'{engine.url.username or 'chimp_worker'}'@'%'",
+                    schema=f"`{engine.url.database or 'ispyb'}`",
+                )
+            )
+        )

@@ -3,9 +3,11 @@
 ISPyB's tables are the truth staff act on, so everything shown comes from them:
 probabilities through ContainerInspection -> BLSampleImage -> BLSampleImage_has_AutoScoreClass
 -> BLSampleImageAutoScoreClass -> BLSampleImageAutoScoreSchema; crystal targets as the auto
-BLSubSamples of an image; the dispense point from the latest 'dispensing' BLSamplePosition of
-the sample. The worker's ``chimp_*`` tables add what ISPyB has no column for: processing state,
-failure reasons, dispense status, detection boxes and model checksums.
+BLSubSamples of an image; the dispense point SynchWeb shows, the sample's 'dispensing'
+BLSamplePosition with the highest id, in every view. The worker's ``chimp_*`` tables add what
+ISPyB has no column for: processing state, failure reasons, dispense status, detection boxes,
+model checksums, and (``chimp_ispyb_row``) whether a row is the worker's or staff's and why
+re-processing kept it.
 
 "Latest" is SynchWeb's notion: per sample, the image with the highest blSampleImageId among
 images of Completed inspections. The SQL lives in named constants, written to run unchanged on
@@ -104,34 +106,34 @@ JOIN BLSampleImageAutoScoreSchema sch
 WHERE si.blSampleImageId IN :imageIds
 """
 
-# Auto crystal targets (queueable for data collection) of images, in native image pixels.
+# Auto crystal targets (queueable for data collection) of images, in native image pixels, with
+# the analyser that wrote each and why re-processing kept it (NULL: another tool's row).
 AUTO_TARGETS_SQL = """
-SELECT ss.blSubSampleId, ss.blSampleId, ss.blSampleImageId, p.posX, p.posY, d.score
+SELECT ss.blSubSampleId, ss.blSampleId, ss.blSampleImageId, p.posX, p.posY, w.score,
+       w.analyser, w.keptReason
 FROM BLSubSample ss
 JOIN Position p ON p.positionId = ss.positionId
-LEFT JOIN chimp_detection d ON d.blSubSampleId = ss.blSubSampleId
+LEFT JOIN chimp_ispyb_row w ON w.tableName = 'BLSubSample' AND w.rowId = ss.blSubSampleId
 WHERE ss.source = 'auto' AND ss.blSampleImageId IN :imageIds
 ORDER BY ss.blSampleImageId, ss.blSubSampleId
 """
 
-# Per sample, the latest 'dispensing' position (what SynchWeb shows and the dispenser uses).
-LATEST_DISPENSE_SQL = """
-SELECT blSampleId, blSamplePositionId, posX, posY, recordTimeStamp
-FROM (
-  SELECT bp.blSampleId, bp.blSamplePositionId, bp.posX, bp.posY, bp.recordTimeStamp,
-         ROW_NUMBER() OVER (PARTITION BY bp.blSampleId
-                            ORDER BY bp.recordTimeStamp DESC, bp.blSamplePositionId DESC) AS rn
-  FROM BLSamplePosition bp
-  JOIN BLSample s ON s.blSampleId = bp.blSampleId
-  WHERE s.containerId = :containerId AND bp.positionType = 'dispensing'
-) ranked
-WHERE rn = 1
-"""
-
-POSITIONS_BY_ID_SQL = """
-SELECT blSamplePositionId, blSampleId, posX, posY, recordTimeStamp
-FROM BLSamplePosition
-WHERE blSamplePositionId IN :positionIds
+# Per sample, the 'dispensing' position with the highest id: the one SynchWeb shows and the
+# dispenser uses. It is the worker's while it is the row the worker wrote, unmoved; staff's
+# when staff added it or edited the worker's row in place.
+DISPENSE_SQL = """
+SELECT bp.blSampleId, bp.blSamplePositionId, bp.posX, bp.posY,
+       CASE WHEN w.rowId IS NOT NULL AND w.posX = bp.posX AND w.posY = bp.posY
+            THEN 'worker' ELSE 'staff' END AS dispenseBy,
+       w.blSampleImageId AS writtenFor
+FROM BLSamplePosition bp
+JOIN BLSample s ON s.blSampleId = bp.blSampleId
+LEFT JOIN chimp_ispyb_row w
+       ON w.tableName = 'BLSamplePosition' AND w.rowId = bp.blSamplePositionId
+WHERE s.containerId = :containerId AND bp.positionType = 'dispensing'
+  AND bp.blSamplePositionId = (SELECT MAX(newest.blSamplePositionId) FROM BLSamplePosition newest
+                               WHERE newest.blSampleId = bp.blSampleId
+                                 AND newest.positionType = 'dispensing')
 """
 
 DETECTIONS_SQL = """
@@ -200,6 +202,19 @@ class TargetRow:
     x: float
     y: float
     score: float | None
+    analyser: str | None = None  # None: not written by the worker (another tool, or by hand)
+    kept: str | None = None  # why re-processing kept it, e.g. "queued by staff"
+
+
+@dataclass(frozen=True)
+class DispenseRow:
+    """The sample's dispense point as SynchWeb shows it, and whose it is."""
+
+    blSamplePositionId: int
+    x: float
+    y: float
+    by: str  # "worker" or "staff"
+    blSampleImageId: int | None  # the image whose result the worker wrote it for
 
 
 @dataclass(frozen=True)
@@ -232,13 +247,23 @@ class DropResult:
     schemaName: str | None
     probabilities: Mapping[str, float]
     targets: tuple[TargetRow, ...]
-    dispenseStatus: str | None
-    dispenseX: float | None
+    dispenseStatus: str | None  # the worker's finding for this image
+    dispenseX: float | None  # the sample's dispense point (SynchWeb's)
     dispenseY: float | None
     imageWidth: int | None
     imageHeight: int | None
     micronsPerPixel: tuple[float | None, float | None] = (None, None)
     detections: tuple[DetectionRow, ...] = field(default=())
+    dispense: DispenseRow | None = None
+
+    @property
+    def dispenseBy(self) -> str | None:
+        """'worker' or 'staff': whose dispense point SynchWeb shows for this drop."""
+        return self.dispense.by if self.dispense else None
+
+    @property
+    def keptTargets(self) -> tuple[TargetRow, ...]:
+        return tuple(target for target in self.targets if target.kept)
 
     @property
     def topClass(self) -> str | None:
@@ -422,9 +447,9 @@ def drop_results(
 ) -> list[DropResult]:
     """One row per BLSample of the plate, in plate order.
 
-    Without ``inspection_id``: each sample's latest image and the sample's latest dispensing
-    position (SynchWeb's view). With it: that inspection's images, and the dispensing position
-    the worker wrote for each of them.
+    Without ``inspection_id``: each sample's latest image (SynchWeb's view); with it, that
+    inspection's images. Either way the dispense point is the one SynchWeb shows for the
+    sample (its highest-id 'dispensing' row), with whose it is.
     """
     with translate_db_errors(), session_factory() as session:
         if inspection_id is not None:
@@ -447,9 +472,11 @@ def drop_results(
                     x=float(row["posX"]),
                     y=float(row["posY"]),
                     score=None if row["score"] is None else float(row["score"]),
+                    analyser=row["analyser"],
+                    kept=row["keptReason"],
                 )
             )
-        positions = _dispense_positions(session, plate, inspection_id, drops)
+        positions = _dispense_positions(session, plate)
         detections: dict[int, list[DetectionRow]] = defaultdict(list)
         if with_detections:
             for row in _in_query(session, DETECTIONS_SQL, "imageIds", image_ids):
@@ -485,12 +512,13 @@ def drop_results(
                 probabilities=dict(probabilities),
                 targets=tuple(targets.get(image_id, ())) if image_id is not None else (),
                 dispenseStatus=row["dispenseStatus"],
-                dispenseX=dispense[0] if dispense else None,
-                dispenseY=dispense[1] if dispense else None,
+                dispenseX=dispense.x if dispense else None,
+                dispenseY=dispense.y if dispense else None,
                 imageWidth=row["imageWidth"],
                 imageHeight=row["imageHeight"],
                 micronsPerPixel=(row["micronsPerPixelX"], row["micronsPerPixelY"]),
                 detections=tuple(detections.get(image_id, ())) if image_id is not None else (),
+                dispense=dispense,
             )
         )
     return results
@@ -510,26 +538,17 @@ def _require_inspection_of(session: Session, plate: Plate, inspection_id: int) -
         )
 
 
-def _dispense_positions(
-    session: Session,
-    plate: Plate,
-    inspection_id: int | None,
-    drops: Sequence[Mapping[str, Any]],
-) -> dict[int, tuple[float, float]]:
-    """blSampleId -> (x, y) of the dispense point to show."""
-    if inspection_id is None:
-        rows = (
-            session.execute(text(LATEST_DISPENSE_SQL), {"containerId": plate.containerId})
-            .mappings()
-            .all()
-        )
-    else:
-        ids = [
-            int(row["blSamplePositionId"]) for row in drops if row["blSamplePositionId"] is not None
-        ]
-        rows = _in_query(session, POSITIONS_BY_ID_SQL, "positionIds", ids)
+def _dispense_positions(session: Session, plate: Plate) -> dict[int, DispenseRow]:
+    """blSampleId -> the dispense point SynchWeb shows for the sample."""
+    rows = session.execute(text(DISPENSE_SQL), {"containerId": plate.containerId}).mappings()
     return {
-        int(row["blSampleId"]): (float(row["posX"]), float(row["posY"]))
+        int(row["blSampleId"]): DispenseRow(
+            blSamplePositionId=int(row["blSamplePositionId"]),
+            x=float(row["posX"]),
+            y=float(row["posY"]),
+            by=row["dispenseBy"],
+            blSampleImageId=None if row["writtenFor"] is None else int(row["writtenFor"]),
+        )
         for row in rows
         if row["posX"] is not None and row["posY"] is not None
     }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Float, Index, Integer, String, Text, text
+from sqlalchemy import CheckConstraint, DateTime, Double, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from chimp_worker.ispyb.tables import int_
@@ -157,3 +157,48 @@ class ChimpInspection(WorkerBase):
         DateTime(),
         comment="when the broker confirmed results-ready; NULL while done: still owed",
     )
+
+
+ISPYB_ROW_TABLES = ("BLSubSample", "BLSamplePosition")
+
+
+class ChimpIspybRow(WorkerBase):
+    """Every ISPyB row the worker inserted and that still exists, with the values it wrote.
+
+    Re-processing needs to know which rows are the worker's, which analyser made them and
+    whether staff changed them since: ISPyB cannot tell (auto sub-samples carry no analyser,
+    dispense points carry no author). A row whose ``posX``/``posY`` no longer match ISPyB's was
+    moved or edited by staff. ``keptReason`` says why re-processing kept a row it would
+    otherwise have replaced ("queued by staff", "data collected", "edited by staff"...).
+    """
+
+    __tablename__ = "chimp_ispyb_row"
+    __table_args__ = (
+        CheckConstraint(_in("tableName", ISPYB_ROW_TABLES), name="chimp_ispyb_row_table_ck"),
+        Index("chimp_ispyb_row_image_idx", "blSampleImageId"),
+        Index("chimp_ispyb_row_sample_idx", "blSampleId", "tableName"),
+        {"comment": "chimp-worker: ISPyB rows it wrote (sub-samples, dispense points), kept why"},
+    )
+
+    tableName: Mapped[str] = mapped_column(
+        String(32), primary_key=True, comment="BLSubSample or BLSamplePosition"
+    )
+    rowId: Mapped[int] = mapped_column(
+        int_(11, unsigned=True),
+        primary_key=True,
+        autoincrement=False,
+        comment="blSubSampleId or blSamplePositionId",
+    )
+    blSampleId: Mapped[int] = mapped_column(int_(10, unsigned=True))
+    blSampleImageId: Mapped[int] = mapped_column(
+        int_(11, unsigned=True), comment="the image whose result wrote the row"
+    )
+    analyser: Mapped[str] = mapped_column(String(32), comment="chimp or baseline")
+    posX: Mapped[float | None] = mapped_column(Double(), comment="x as written, image pixels")
+    posY: Mapped[float | None] = mapped_column(Double(), comment="y as written, image pixels")
+    score: Mapped[float | None] = mapped_column(Float(), comment="detector score of a target")
+    createdAt: Mapped[datetime.datetime] = mapped_column(DateTime())
+    keptReason: Mapped[str | None] = mapped_column(
+        String(64), comment="why re-processing kept it, e.g. 'queued by staff'; NULL: current"
+    )
+    keptAt: Mapped[datetime.datetime | None] = mapped_column(DateTime())

@@ -1,18 +1,28 @@
 """Writes one image's analysis into ISPyB and the worker's tables, in one short transaction.
 
-Idempotent by construction, because RabbitMQ delivers at least once:
+Idempotent by construction, because RabbitMQ delivers at least once: the result's digest
+(everything but timings) is stored, and the same result again is a no-op, so a redelivered
+message leaves every row -- ids and timestamps included -- as it was.
 
-- the result's digest (everything but timings) is stored; the same result again is a no-op,
-  so a redelivered message leaves every row -- ids and timestamps included -- as it was;
-- a different result replaces the image's ``source='auto'`` BLSubSample rows and their
-  Position rows (ISPyB has no natural key there and the facility's procedure only inserts),
-  never a manual one, and never leaves an orphan Position;
+A different result (new model files, a replay) never destroys staff work, on the rules of a
+facility's ISPyB (see ``targets.py`` and ``dispense.py``):
+
 - probabilities are upserted per (image, class) under the analyser's own auto-score schema,
-  mapped by *name* through ``ISPYB_SCORE_CLASS``, never by position;
-- the 'dispensing' BLSamplePosition this worker wrote for the image is replaced, not added to.
+  mapped by *name* through ``ISPYB_SCORE_CLASS``, never by position; a schema that is missing
+  or disabled is never written;
+- only the analyser's own unreferenced, unmoved auto BLSubSamples are replaced; queued,
+  collected or moved ones, manual ones and other analysers' ones stay exactly as they are;
+- the sample's dispense point is set from its latest image only, and never deletes,
+  overrides or shadows a row staff added or edited;
+- every ISPyB row the worker inserts is recorded in ``chimp_ispyb_row`` (what it wrote, which
+  analyser, and why a later result kept it).
 
-The BLSampleImage row is locked (``SELECT ... FOR UPDATE``) for the few milliseconds of the
-write, so two workers racing on the same image serialise instead of interleaving.
+A write the database refuses (a foreign key, a constraint) raises ``DatabaseRefusedError``:
+permanent, with a specific reason, so the image fails and the rest of the plate goes on.
+
+All BLSampleImage rows of the image's sample are locked (``SELECT ... FOR UPDATE``, in id
+order) for the few milliseconds of the write, so two workers racing on one image, or on two
+inspections of one drop, serialise instead of interleaving.
 """
 
 from __future__ import annotations
@@ -21,23 +31,36 @@ import datetime
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from chimp_worker.analysis import ISPYB_SCORE_CLASS, DispenseStatus, ImageAnalysis
-from chimp_worker.errors import AnalysisError, MissingScoreClassError, UnknownImageError
+from chimp_worker.analysis import ISPYB_SCORE_CLASS, ImageAnalysis
+from chimp_worker.errors import (
+    AnalysisError,
+    DatabaseRefusedError,
+    MissingScoreClassError,
+    UnknownImageError,
+)
 from chimp_worker.ispyb import tables as t
-from chimp_worker.ispyb.database import transaction
+from chimp_worker.ispyb.database import transaction, translate_refusals
+from chimp_worker.ispyb.dispense import POSITION_TYPE_DISPENSING, place_dispense_point
+from chimp_worker.ispyb.references import ReferenceTables, reference_tables
+from chimp_worker.ispyb.targets import SOURCE_AUTO, SUBSAMPLE_TYPE_POINT, replace_auto_subsamples
 from chimp_worker.ispyb.worker_tables import ChimpDetection, ChimpImageModel, ChimpImageResult
 
 FAILURE_REASON_MAX = 64
 FAILURE_DETAIL_MAX = 4000
-SUBSAMPLE_TYPE_POINT = "poi"
-SOURCE_AUTO = "auto"
-POSITION_TYPE_DISPENSING = "dispensing"
+__all__ = [
+    "POSITION_TYPE_DISPENSING",
+    "SOURCE_AUTO",
+    "SUBSAMPLE_TYPE_POINT",
+    "WriteOutcome",
+    "record_image_failure",
+    "write_image_result",
+]
 
 
 @dataclass(frozen=True)
@@ -48,6 +71,8 @@ class WriteOutcome:
     changed: bool
     blSubSampleIds: tuple[int, ...] = ()
     blSamplePositionId: int | None = None
+    kept: Mapping[int, str] = field(default_factory=dict)  # blSubSampleId -> why it was kept
+    dispense_held_by: str | None = None  # "staff" / "a newer image": point not written
 
 
 def utcnow() -> datetime.datetime:
@@ -106,26 +131,66 @@ def write_image_result(
     With ``queueable_targets`` False, crystal targets and the dispense point are kept only in
     the worker's own tables: every auto BLSubSample is queueable for data collection, so an
     untrusted analyser (the weight-free baseline) must not create them.
+
+    Raises ``DatabaseRefusedError`` when the database refuses the write for good.
     """
     digest = result_digest(analysis)
     # ISPyB's queueable rows come from this view of the result; the worker rows keep it all.
     queued = analysis if queueable_targets else replace(analysis, crystal_targets=(), dispense=None)
     if not queueable_targets:
         digest = hashlib.sha256(f"{digest}|targets-not-queued".encode()).hexdigest()
+    references = reference_tables(_engine_of(session_factory))
+    try:
+        with translate_refusals():
+            return _write(session_factory, blsample_image_id, analysis, queued, digest, references)
+    except DatabaseRefusedError as error:
+        if error.reason != "db_refused_duplicate":
+            raise
+    # A duplicate key is most likely a racing insert of the same row (a pending mark): the
+    # second attempt sees it committed. Refused again, it is for good.
+    with translate_refusals():
+        return _write(session_factory, blsample_image_id, analysis, queued, digest, references)
+
+
+def _engine_of(session_factory: sessionmaker[Session]) -> Engine:
+    with session_factory() as session:
+        bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def _write(
+    session_factory: sessionmaker[Session],
+    blsample_image_id: int,
+    analysis: ImageAnalysis,
+    queued: ImageAnalysis,
+    digest: str,
+    references: ReferenceTables,
+) -> WriteOutcome:
     with transaction(session_factory) as session:
-        image = _lock_image(session, blsample_image_id)
+        image, latest_image_id = _lock_sample_images(session, blsample_image_id)
         record = session.get(ChimpImageResult, blsample_image_id)
         if record is not None and record.state == "done" and record.resultDigest == digest:
             return WriteOutcome(blsample_image_id, changed=False)
+        now = utcnow()
         _write_probabilities(session, blsample_image_id, analysis)
-        subsample_ids = _replace_auto_subsamples(session, image, queued)
-        position_id = _replace_dispense_position(session, image, record, queued)
-        _replace_worker_rows(session, image, record, analysis, digest, subsample_ids, position_id)
+        targets = replace_auto_subsamples(session, image, queued, references, now)
+        dispense = place_dispense_point(session, image, latest_image_id, queued, now)
+        _replace_worker_rows(
+            session,
+            image,
+            record,
+            analysis,
+            digest,
+            targets.by_detection,
+            dispense.blSamplePositionId,
+        )
         return WriteOutcome(
             blsample_image_id,
             changed=True,
-            blSubSampleIds=tuple(subsample_ids.values()),
-            blSamplePositionId=position_id,
+            blSubSampleIds=tuple(targets.by_detection.values()),
+            blSamplePositionId=dispense.blSamplePositionId,
+            kept=dict(targets.kept),
+            dispense_held_by=dispense.held_by,
         )
 
 
@@ -164,6 +229,27 @@ def record_image_failure(
         record.attempts = (record.attempts or 0) + 1
         record.updatedAt = utcnow()
         return True
+
+
+def _lock_sample_images(session: Session, blsample_image_id: int) -> tuple[t.BLSampleImage, int]:
+    """Lock every image of the image's sample (id order); returns it and the latest image id."""
+    sample_id = session.scalar(
+        select(t.BLSampleImage.blSampleId).where(
+            t.BLSampleImage.blSampleImageId == blsample_image_id
+        )
+    )
+    if sample_id is None:
+        raise UnknownImageError(f"BLSampleImage {blsample_image_id} does not exist")
+    images = session.scalars(
+        select(t.BLSampleImage)
+        .where(t.BLSampleImage.blSampleId == sample_id)
+        .order_by(t.BLSampleImage.blSampleImageId)
+        .with_for_update()
+    ).all()
+    for image in images:
+        if image.blSampleImageId == blsample_image_id:
+            return image, images[-1].blSampleImageId
+    raise UnknownImageError(f"BLSampleImage {blsample_image_id} does not exist")
 
 
 def _lock_image(session: Session, blsample_image_id: int) -> t.BLSampleImage:
@@ -222,14 +308,32 @@ def ispyb_probabilities(
         if class_id is None:
             raise MissingScoreClassError(
                 f"BLSampleImageAutoScoreClass {ispyb_name!r} of schema {schema_name!r} is not "
-                "in the database; run 'chimp-worker db upgrade' on a development database or "
-                "ask the ISPyB administrators to add it"
+                "in the database; run 'chimp-worker db score-schema' for the statements to hand "
+                "to the ISPyB administrators (it applies them on a development database)"
             )
         by_class[class_id] = float(probability)
     return by_class
 
 
+def _require_enabled(session: Session, schema_name: str) -> None:
+    """A schema the ISPyB administrators disabled (enabled = 0) is never written."""
+    disabled = session.scalar(
+        select(t.BLSampleImageAutoScoreSchema.blSampleImageAutoScoreSchemaId).where(
+            t.BLSampleImageAutoScoreSchema.schemaName == schema_name,
+            t.BLSampleImageAutoScoreSchema.enabled == 0,
+        )
+    )
+    if disabled is not None:
+        raise MissingScoreClassError(
+            f"BLSampleImageAutoScoreSchema {schema_name!r} (id {disabled}) is disabled "
+            "(enabled = 0); it is never written: ask the ISPyB administrators to enable it "
+            "(chimp-worker db score-schema prints the statement)",
+            reason="score_schema_disabled",
+        )
+
+
 def _write_probabilities(session: Session, image_id: int, analysis: ImageAnalysis) -> None:
+    _require_enabled(session, analysis.schema_name)
     class_ids = score_class_ids(session, analysis.schema_name)
     wanted = (
         ispyb_probabilities(analysis.probabilities, class_ids, analysis.schema_name)
@@ -263,87 +367,6 @@ def _write_probabilities(session: Session, image_id: int, analysis: ImageAnalysi
             row.probability = probability
     for stale in existing.values():
         session.delete(stale)
-
-
-def _replace_auto_subsamples(
-    session: Session, image: t.BLSampleImage, analysis: ImageAnalysis
-) -> dict[int, int]:
-    """Delete the image's auto sub-samples and their positions; one new per crystal target.
-
-    Returns detection index -> new blSubSampleId.
-    """
-    old = session.execute(
-        select(t.BLSubSample.blSubSampleId, t.BLSubSample.positionId, t.BLSubSample.position2Id)
-        .where(t.BLSubSample.blSampleImageId == image.blSampleImageId)
-        .where(t.BLSubSample.source == SOURCE_AUTO)
-    ).all()
-    if old:
-        session.execute(
-            delete(t.BLSubSample).where(t.BLSubSample.blSubSampleId.in_([r[0] for r in old]))
-        )
-        position_ids = {pid for row in old for pid in row[1:] if pid is not None}
-        still_used = set(
-            session.scalars(
-                select(t.BLSubSample.positionId).where(t.BLSubSample.positionId.in_(position_ids))
-            )
-        ) | set(
-            session.scalars(
-                select(t.BLSubSample.position2Id).where(t.BLSubSample.position2Id.in_(position_ids))
-            )
-        )
-        orphans = position_ids - still_used
-        if orphans:
-            session.execute(delete(t.Position).where(t.Position.positionId.in_(orphans)))
-    now = datetime.datetime.now()
-    created: dict[int, int] = {}
-    for target in analysis.crystal_targets:
-        position = t.Position(posX=float(target.x), posY=float(target.y), recordTimeStamp=now)
-        session.add(position)
-        session.flush()
-        subsample = t.BLSubSample(
-            blSampleId=image.blSampleId,
-            blSampleImageId=image.blSampleImageId,
-            positionId=position.positionId,
-            source=SOURCE_AUTO,
-            type=SUBSAMPLE_TYPE_POINT,
-            comments=f"{analysis.analyser} crystal p={float(target.score):.2f}",
-        )
-        session.add(subsample)
-        session.flush()
-        created[target.detection_index] = subsample.blSubSampleId
-    return created
-
-
-def _replace_dispense_position(
-    session: Session,
-    image: t.BLSampleImage,
-    record: ChimpImageResult | None,
-    analysis: ImageAnalysis,
-) -> int | None:
-    """Replace the dispensing BLSamplePosition this worker wrote for the image, if any.
-
-    Stamped with the image's own time, so "latest row per sample" stays the latest
-    *inspection* even when an older inspection is replayed later.
-    """
-    if record is not None and record.blSamplePositionId is not None:
-        session.execute(
-            delete(t.BLSamplePosition).where(
-                t.BLSamplePosition.blSamplePositionId == record.blSamplePositionId
-            )
-        )
-    dispense = analysis.dispense
-    if dispense is None or dispense.status != DispenseStatus.OK or dispense.x is None:
-        return None
-    position = t.BLSamplePosition(
-        blSampleId=image.blSampleId,
-        posX=float(dispense.x),
-        posY=float(dispense.y) if dispense.y is not None else None,
-        positionType=POSITION_TYPE_DISPENSING,
-        recordTimeStamp=image.blTimeStamp or datetime.datetime.now(),
-    )
-    session.add(position)
-    session.flush()
-    return position.blSamplePositionId
 
 
 def _replace_worker_rows(

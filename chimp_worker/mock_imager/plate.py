@@ -1,7 +1,10 @@
 """A mock plate imager: ISPyB rows and JPEGs laid out the way a facility's imager writes them.
 
-``create_plate`` does what a Formulatrix imager and its ISPyB bridge do for a new plate:
-a Container (barcode, ContainerType) in a visit, one BLSample per drop with its location, then
+``create_plate`` does what a plate registration, a Formulatrix imager and its ISPyB bridge do
+for a new plate: the visit (an existing one is attached to) and, on a facility's full schema,
+the shipment, dewar and crystal SynchWeb joins through (``registration.py``); a Container
+(barcode, ContainerType, dewar) in the visit, one BLSample per drop with its location and
+crystal, then
 for each scheduled inspection a ContainerInspection, one BLSampleImage per drop whose JPEG and
 ``{id}th.jpg`` thumbnail it writes at
 
@@ -15,7 +18,6 @@ be injected per drop location to check that bad images end as recorded failures.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import transaction
 from chimp_worker.log import get_logger
 from chimp_worker.mock_imager.faults import FILE_FAULTS, damage
+from chimp_worker.mock_imager.registration import parse_visit, register_plate
 from chimp_worker.mock_imager.scene import Scene, get_flavour, random_scene
 from chimp_worker.mock_imager.synthetic import (
     GroundTruth,
@@ -40,7 +43,6 @@ log = get_logger(__name__)
 # Hours after set-up at which a plate is imaged: the Fibonacci-like schedules imagers use.
 SCHEDULE_HOURS: tuple[float, ...] = (0, 12, 24, 48, 72, 120, 192, 312, 504, 816)
 VISIBLE_INSPECTION_TYPE = 1
-_VISIT = re.compile(r"^([A-Za-z]+)(\d+)-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,7 @@ def create_plate(
             raise ValueError(
                 f"fault {fault!r} at location {location}: expected one of {sorted(FILE_FAULTS)}"
             )
-    match = _VISIT.match(visit)
-    if match is None:
-        raise ValueError(f"visit {visit!r}: expected the form mx23456-1")
+    parse_visit(visit)  # a bad visit fails before anything is written
     image_root = Path(image_root).resolve()
     visit_dir = image_root / visit
     hours = _schedule_hours(inspections)
@@ -188,9 +188,10 @@ def create_plate(
             raise ValueError(f"wells must be within 1..{layout.wells} for {layout.name}")
         if session.scalar(select(t.Container.containerId).where(t.Container.barcode == barcode)):
             raise ValueError(f"a container with barcode {barcode!r} already exists")
-        session_id = _visit_session(session, *match.groups())
+        registration = register_plate(session, visit, barcode)
         imager_id = _imager(session, flavour)
         container = t.Container(
+            dewarId=registration.dewarId,
             barcode=barcode,
             code=barcode,
             containerType=layout.name,
@@ -198,7 +199,7 @@ def create_plate(
             capacity=layout.wells * layout.drops_per_well,
             containerStatus="in_imager",
             imagerId=imager_id,
-            sessionId=session_id,
+            sessionId=registration.sessionId,
             bltimeStamp=start,
         )
         session.add(container)
@@ -210,6 +211,7 @@ def create_plate(
                 well = layout.well_name(well_index)
                 sample = t.BLSample(
                     containerId=container.containerId,
+                    crystalId=registration.crystalId,
                     name=f"{well}_{drop_index + 1}",
                     location=str(location),
                 )
@@ -390,35 +392,6 @@ def _layout(session: Session, name: str) -> _Layout:
     per_row = row.wellPerRow or 12
     wells = (row.capacity // per_well) if row.capacity else 8 * per_row
     return _Layout(row.containerTypeId, name, per_row, per_well, wells)
-
-
-def _visit_session(session: Session, code: str, number: str, visit_number: str) -> int:
-    """The BLSession of ``{code}{number}-{visit_number}``, created (with its Proposal) if new."""
-    proposal = session.scalar(
-        select(t.Proposal).where(
-            t.Proposal.proposalCode == code, t.Proposal.proposalNumber == number
-        )
-    )
-    if proposal is None:
-        proposal = t.Proposal(
-            proposalCode=code, proposalNumber=number, title="Mock imager plates", proposalType="MX"
-        )
-        session.add(proposal)
-        session.flush()
-    found = session.scalar(
-        select(t.BLSession.sessionId).where(
-            t.BLSession.proposalId == proposal.proposalId,
-            t.BLSession.visit_number == int(visit_number),
-        )
-    )
-    if found is not None:
-        return found
-    visit = t.BLSession(
-        proposalId=proposal.proposalId, visit_number=int(visit_number), beamLineName="VMXi"
-    )
-    session.add(visit)
-    session.flush()
-    return visit.sessionId
 
 
 def _imager(session: Session, flavour: str) -> int:

@@ -127,8 +127,10 @@ def _drop_report(
             width, height = picture.width, picture.height
             counters.embedded += 1
     dispense = None
-    if drop.dispenseStatus is not None:
-        dispense = DispenseMark(drop.dispenseStatus, drop.dispenseX, drop.dispenseY)
+    if drop.dispenseStatus is not None or drop.dispense is not None:
+        dispense = DispenseMark(
+            drop.dispenseStatus or "-", drop.dispenseX, drop.dispenseY, drop.dispenseBy
+        )
     return DropReport(
         location=drop.location or 0,
         blSampleId=drop.blSampleId,
@@ -137,7 +139,7 @@ def _drop_report(
         failure_reason=drop.failureReason,
         schema_name=drop.schemaName,
         probabilities=dict(drop.probabilities),
-        targets=tuple(TargetMark(t.x, t.y, t.blSubSampleId) for t in drop.targets),
+        targets=tuple(TargetMark(t.x, t.y, t.blSubSampleId, t.kept) for t in drop.targets),
         detections=tuple(DetectionMark(d.label, d.score, d.box) for d in drop.detections),
         dispense=dispense,
         image_width=width,

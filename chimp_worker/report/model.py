@@ -149,6 +149,7 @@ class TargetMark:
     x: float
     y: float
     blSubSampleId: int | None = None
+    kept: str | None = None  # why re-processing kept it, e.g. "queued by staff"
 
 
 @dataclass(frozen=True)
@@ -163,11 +164,13 @@ class DetectionMark:
 
 @dataclass(frozen=True)
 class DispenseMark:
-    """The dispense-point outcome; x and y are set only when status is 'ok'."""
+    """The worker's dispense finding for the image, and the point SynchWeb shows for the drop
+    (the sample's highest-id 'dispensing' row), which may be staff's."""
 
     status: str
     x: float | None = None
     y: float | None = None
+    by: str | None = None  # "worker" or "staff": whose point x, y is
 
 
 @dataclass(frozen=True)

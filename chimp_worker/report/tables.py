@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import io
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,9 +40,13 @@ DROP_COLUMNS = (
     "pPrecipitant",
     "pOther",
     "crystalTargets",
+    "keptTargets",
+    "kept",
     "dispenseStatus",
     "dispenseX",
     "dispenseY",
+    "dispenseBy",
+    "blSamplePositionId",
 )
 # The per-drop table for people: the issue's columns, ids kept to a minimum.
 DROP_TABLE_COLUMNS = (
@@ -53,7 +58,9 @@ DROP_TABLE_COLUMNS = (
     "topClass",
     "pCrystal",
     "crystalTargets",
+    "kept",
     "dispense",
+    "dispenseBy",
     "dispenseStatus",
     "failureReason",
 )
@@ -69,6 +76,8 @@ TARGET_COLUMNS = (
     "y",
     "score",
     "pCrystal",
+    "analyser",
+    "kept",
 )
 INSPECTION_COLUMNS = (
     "containerInspectionId",
@@ -94,6 +103,16 @@ def _xy(value: float | None) -> int | float | None:
     return int(value) if float(value).is_integer() else round(float(value), 1)
 
 
+def kept_summary(targets: Sequence[TargetRow]) -> str | None:
+    """Why targets were kept by re-processing, e.g. 'queued by staff' or '2 data collected'."""
+    reasons = Counter(target.kept for target in targets if target.kept)
+    if not reasons:
+        return None
+    return ", ".join(
+        reason if count == 1 else f"{count} {reason}" for reason, count in sorted(reasons.items())
+    )
+
+
 def drop_rows(drops: Sequence[DropResult]) -> list[Row]:
     rows = []
     for drop in drops:
@@ -115,9 +134,13 @@ def drop_rows(drops: Sequence[DropResult]) -> list[Row]:
                 "pPrecipitant": _p(probabilities.get("precipitant")),
                 "pOther": _p(probabilities.get("other")),
                 "crystalTargets": len(drop.targets) if drop.blSampleImageId is not None else None,
+                "keptTargets": len(drop.keptTargets) if drop.blSampleImageId is not None else None,
+                "kept": kept_summary(drop.targets),
                 "dispenseStatus": drop.dispenseStatus,
                 "dispenseX": _xy(drop.dispenseX),
                 "dispenseY": _xy(drop.dispenseY),
+                "dispenseBy": drop.dispenseBy,
+                "blSamplePositionId": drop.dispense.blSamplePositionId if drop.dispense else None,
                 "dispense": None
                 if drop.dispenseX is None or drop.dispenseY is None
                 else f"({_xy(drop.dispenseX)}, {_xy(drop.dispenseY)})",
@@ -140,6 +163,8 @@ def target_rows(targets: Sequence[tuple[DropResult, TargetRow]]) -> list[Row]:
             "y": _xy(target.y),
             "score": _p(target.score),
             "pCrystal": _p(drop.pCrystal),
+            "analyser": target.analyser,
+            "kept": target.kept,
         }
         for drop, target in targets
     ]

@@ -151,15 +151,16 @@ def row_counts(factory: sessionmaker[Session]) -> dict[str, int]:
     return counts
 
 
-def expected_counts(images: int, inspections: int) -> dict[str, int]:
-    """Every image done by PixelStatsAnalyser: 4 scores, 1 target, 1 dispense point each."""
+def expected_counts(images: int, inspections: int, samples: int) -> dict[str, int]:
+    """Every image done by PixelStatsAnalyser: 4 scores, 1 target each; one dispense point per
+    sample (SynchWeb shows one: the worker's, from the sample's latest image)."""
     return {
         "results": images,
         "models": images,
         "detections": images,
         "scores": 4 * images,
         "positions": images,
-        "dispense": images,
+        "dispense": samples,
         "inspections_done": inspections,
         "auto_subsamples": images,
         "done": images,

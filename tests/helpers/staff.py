@@ -33,6 +33,7 @@ from chimp_worker.analysis import (
 from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.writer import record_image_failure, write_image_result
+from chimp_worker.mock_imager.registration import register_plate
 
 IMAGE_SIZE = (1224, 1024)  # width, height of the test JPEGs (XChem imager size)
 
@@ -60,24 +61,24 @@ def seed_plate(
     """A plate with a visit (mx1234-5), one sample per location and Completed inspections."""
     base = dt.datetime(2024, 3, 1, 9, 0, 0)
     with session_factory() as session, session.begin():
-        proposal = t.Proposal(proposalCode="mx", proposalNumber="1234")
-        session.add(proposal)
-        session.flush()
-        visit = t.BLSession(proposalId=proposal.proposalId, visit_number=5)
-        session.add(visit)
-        session.flush()
+        # As registered (on a facility's schema: person, shipment, dewar, protein, crystal).
+        registration = register_plate(session, "mx1234-5", barcode)
         container = t.Container(
             barcode=barcode,
             containerType="CrystalQuickX",
             containerTypeId=container_type_id,
-            sessionId=visit.sessionId,
+            sessionId=registration.sessionId,
+            dewarId=registration.dewarId,
         )
         session.add(container)
         session.flush()
         samples = {}
         for location in locations:
             sample = t.BLSample(
-                containerId=container.containerId, location=str(location), name=f"d{location}"
+                containerId=container.containerId,
+                crystalId=registration.crystalId,
+                location=str(location),
+                name=f"d{location}",
             )
             session.add(sample)
             session.flush()

@@ -13,8 +13,8 @@ from chimp_worker.ispyb.seed import seed_core
 from chimp_worker.ispyb.worker_tables import WorkerBase
 
 
-def test_schema_creates_and_seeds(ispyb_url: str) -> None:
-    engine = make_engine(ispyb_url)
+def test_schema_creates_and_seeds(dev_ispyb_url: str) -> None:
+    engine = make_engine(dev_ispyb_url)
     names = set(inspect(engine).get_table_names())
     assert set(t.Base.metadata.tables) | set(WorkerBase.metadata.tables) <= names
     with make_session_factory(engine)() as session:

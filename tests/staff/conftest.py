@@ -27,12 +27,18 @@ def own_known_plate(ispyb_url: str, tmp_path: Path) -> Iterator[KnownPlate]:
 
 
 @pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)]
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("facility", marks=pytest.mark.mariadb),
+    ],
 )
 def shared_known_plate(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KnownPlate]:
-    """The KNOWN plate once per module and backend, for tests that only read it."""
+    """The KNOWN plate once per module and backend (SQLite, MariaDB with the core subset, a
+    facility's full ISPyB), for tests that only read it."""
     from chimp_worker.ispyb.schema import create_all
 
     directory = tmp_path_factory.mktemp("known-plate")
@@ -40,6 +46,10 @@ def shared_known_plate(
         url = f"sqlite:///{directory / 'ispyb.sqlite'}"
         create_all(url)
         yield from build_known_plate(url, directory / "images")
+        return
+    if request.param == "facility":
+        with request.getfixturevalue("facility_pool").lease() as url:
+            yield from build_known_plate(url, directory / "images")
         return
     with scratch_mariadb() as url:
         create_all(url)

@@ -68,9 +68,12 @@ def test_inspection_view_shows_that_inspections_results_failures_and_pending(kno
     drops = {d.location: d for d in drop_results(factory, plate, first)}
     assert drops[1].pCrystal == pytest.approx(0.9, abs=1e-6)
     assert len(drops[1].targets) == 2
-    # The first inspection's own dispense rows, not the sample's latest.
-    assert (drops[1].dispenseX, drops[1].dispenseY) == (600.0, 500.0)
-    assert (drops[2].dispenseX, drops[2].dispenseY) == (610.0, 520.0)
+    # One dispense point in every view: the one SynchWeb shows for the sample (the worker's,
+    # from the sample's latest image), beside this image's own finding.
+    latest = known_plate.plate.image_ids
+    assert (drops[1].dispenseStatus, drops[1].dispenseX, drops[1].dispenseY) == ("ok", 620, 480)
+    assert (drops[1].dispenseBy, drops[1].dispense.blSampleImageId) == ("worker", latest[(1, 1)])
+    assert (drops[2].dispenseX, drops[2].dispenseY, drops[2].dispenseBy) == (615, 525, "worker")
     assert (drops[3].state, drops[3].failureReason, drops[3].probabilities) == (
         "failed",
         "image_corrupt",

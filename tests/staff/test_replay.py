@@ -29,8 +29,8 @@ CURRENT = frozenset({PIXEL_STATS_MODEL.sha256})
 
 
 @pytest.fixture
-def world(ispyb_sqlite_url: str, tmp_path: Path) -> ReplayWorld:
-    return build_world(ispyb_sqlite_url, tmp_path / "images", PixelStatsAnalyser())
+def world(ispyb_world_url: str, tmp_path: Path) -> ReplayWorld:
+    return build_world(ispyb_world_url, tmp_path / "images", PixelStatsAnalyser())
 
 
 def plan(world: ReplayWorld, **filters: object) -> dict[int, dict[str, tuple[int, ...]]]:
@@ -107,14 +107,14 @@ def test_local_replay_brings_every_inspection_to_done_without_duplicate_rows(wor
     # Exactly the backlog's images were analysed, each once.
     assert sum(analyser.calls.values()) == 7
     assert set(analyser.calls.values()) == {1}
-    assert row_counts(world.factory) == expected_counts(images=14, inspections=4)
+    assert row_counts(world.factory) == expected_counts(images=14, inspections=4, samples=6)
     # Nothing left: a second replay finds no work and changes nothing.
     assert find_backlog(world.factory, ReplayFilters(), CURRENT).inspections == ()
     again = process_backlog(
         find_backlog(world.factory, ReplayFilters(), CURRENT), pipeline, chunk_size=3
     )
     assert (again.processed, again.inspections) == (0, 0)
-    assert row_counts(world.factory) == expected_counts(images=14, inspections=4)
+    assert row_counts(world.factory) == expected_counts(images=14, inspections=4, samples=6)
 
 
 def test_images_still_broken_stay_failed_with_their_reason(world):
@@ -152,4 +152,4 @@ def test_interrupted_replay_finishes_the_rest_when_started_again(world):
     assert summary.processed == 4
     assert sum(first_run.calls.values()) + sum(second_run.calls.values()) == 7
     assert set(first_run.calls).isdisjoint(second_run.calls)
-    assert row_counts(world.factory) == expected_counts(images=14, inspections=4)
+    assert row_counts(world.factory) == expected_counts(images=14, inspections=4, samples=6)

@@ -15,14 +15,11 @@ from sqlalchemy import func, select
 from chimp_worker.baseline import BaselineAnalyser
 from chimp_worker.cli import main
 from chimp_worker.ispyb import tables as t
-from chimp_worker.ispyb.worker_tables import ChimpImageResult, ChimpInspection
+from chimp_worker.ispyb.worker_tables import ChimpImageResult, ChimpInspection, ChimpIspybRow
 from chimp_worker.pipeline import Pipeline
 
 
 def _world(url: str, root: Path) -> ReplayWorld:
-    from chimp_worker.ispyb.schema import create_all
-
-    create_all(url)
     return build_world(url, root, BaselineAnalyser(plate_settings(url, root)))
 
 
@@ -41,8 +38,12 @@ def _environment(monkeypatch: pytest.MonkeyPatch, world: ReplayWorld) -> None:
 @pytest.fixture(scope="module")
 def shared_world(tmp_path_factory: pytest.TempPathFactory) -> ReplayWorld:
     """One backlog for the tests that only look (--dry-run changes nothing)."""
+    from chimp_worker.ispyb.schema import create_all
+
     directory = tmp_path_factory.mktemp("replay-dry-run")
-    return _world(f"sqlite:///{directory / 'ispyb.sqlite'}", directory / "images")
+    url = f"sqlite:///{directory / 'ispyb.sqlite'}"
+    create_all(url)
+    return _world(url, directory / "images")
 
 
 @pytest.fixture
@@ -52,9 +53,9 @@ def dry_world(shared_world: ReplayWorld, monkeypatch: pytest.MonkeyPatch) -> Rep
 
 
 @pytest.fixture
-def world(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ReplayWorld:
-    """A backlog of its own, for tests that process it."""
-    built = _world(sqlite_url, tmp_path / "images")
+def world(ispyb_world_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ReplayWorld:
+    """A backlog of its own, for tests that process it (SQLite and a facility's ISPyB)."""
+    built = _world(ispyb_world_url, tmp_path / "images")
     _environment(monkeypatch, built)
     return built
 
@@ -136,8 +137,12 @@ def _state(world: ReplayWorld) -> tuple[dict[str, int], int, int, int]:
                 select(ChimpImageResult.state, func.count()).group_by(ChimpImageResult.state)
             ).all()
         )
-        subsamples = session.scalar(
-            select(func.count()).select_from(t.BLSubSample).where(t.BLSubSample.source == "auto")
+        subsamples = session.scalar(  # the baseline's; RPL-B's older analyser keeps its own
+            select(func.count())
+            .select_from(t.BLSubSample)
+            .join(ChimpIspybRow, ChimpIspybRow.rowId == t.BLSubSample.blSubSampleId)
+            .where(t.BLSubSample.source == "auto", ChimpIspybRow.tableName == "BLSubSample")
+            .where(ChimpIspybRow.analyser == "baseline")
         )
         targets = session.scalar(select(func.sum(ChimpImageResult.crystalCount)))
         done = session.scalar(
@@ -157,6 +162,13 @@ def test_local_replay_brings_every_inspection_to_done_and_a_second_run_finds_not
     states, subsamples, targets, done = _state(world)
     assert (states, done) == ({"done": 14}, 4)
     assert subsamples == targets  # one auto BLSubSample per recorded target, no duplicates
+    with world.factory() as session:  # another analyser's targets are never touched
+        others = session.scalars(
+            select(ChimpIspybRow.blSampleImageId)
+            .where(ChimpIspybRow.analyser != "baseline")
+            .where(ChimpIspybRow.tableName == "BLSubSample")
+        ).all()
+    assert sorted(others) == sorted(world.plate_b.blSampleImageIds)
     code, out = replay(capsys, "--local")
     assert "backlog: 0 of 4 matching inspections need work; 0 images" in out
     assert _state(world) == (states, subsamples, targets, done)

@@ -22,12 +22,16 @@ pytestmark = pytest.mark.rabbitmq
 CURRENT = frozenset({PIXEL_STATS_MODEL.sha256})
 
 
-@pytest.fixture
-def ispyb_mariadb_url(mariadb_url: str) -> str:
+@pytest.fixture(params=["mariadb", "facility"])
+def ispyb_mariadb_url(request: pytest.FixtureRequest) -> str:
+    """MariaDB with the core subset, and a facility's full ISPyB."""
+    if request.param == "facility":
+        return request.getfixturevalue("facility_url")
     from chimp_worker.ispyb.schema import create_all
 
-    create_all(mariadb_url)
-    return mariadb_url
+    url = request.getfixturevalue("mariadb_url")
+    create_all(url)
+    return url
 
 
 @pytest.mark.mariadb
@@ -67,7 +71,7 @@ def test_queue_replay_brings_every_inspection_to_done_once(
 
     assert sum(analyser.calls.values()) == 7  # the duplicate items found nothing left to do
     assert set(analyser.calls.values()) == {1}
-    assert row_counts(world.factory) == expected_counts(images=14, inspections=4)
+    assert row_counts(world.factory) == expected_counts(images=14, inspections=4, samples=6)
     assert rabbit.count(world.settings.work_queue) == 0
     ready = [decode_event(m.body) for m in rabbit.take_all(world.settings.results_queue)]
     assert sorted(event.containerInspectionId for event in ready) == sorted(
@@ -77,7 +81,7 @@ def test_queue_replay_brings_every_inspection_to_done_once(
 
 
 def test_replay_command_publishes_to_the_queue_and_a_daemon_finishes_it(
-    ispyb_sqlite_url: str, tmp_path: Path, queue_names, rabbit, monkeypatch, capsys
+    ispyb_world_url: str, tmp_path: Path, queue_names, rabbit, monkeypatch, capsys
 ):
     from helpers.plates import plate_settings
 
@@ -85,10 +89,10 @@ def test_replay_command_publishes_to_the_queue_and_a_daemon_finishes_it(
     from chimp_worker.cli import main
 
     root = tmp_path / "images"
-    current = BaselineAnalyser(plate_settings(ispyb_sqlite_url, root))
-    world = build_world(ispyb_sqlite_url, root, current, **queue_names)
+    current = BaselineAnalyser(plate_settings(ispyb_world_url, root))
+    world = build_world(ispyb_world_url, root, current, **queue_names)
     env = {
-        "CHIMP_DATABASE_URL": ispyb_sqlite_url,
+        "CHIMP_DATABASE_URL": ispyb_world_url,
         "CHIMP_ANALYSER": "baseline",
         "CHIMP_BASELINE_WRITES_TARGETS": "true",
     }
@@ -115,7 +119,7 @@ def test_replay_command_publishes_to_the_queue_and_a_daemon_finishes_it(
 
 
 def test_local_replay_with_announce_publishes_results_ready_once_per_inspection(
-    ispyb_sqlite_url: str, tmp_path: Path, queue_names, rabbit, monkeypatch, capsys
+    ispyb_world_url: str, tmp_path: Path, queue_names, rabbit, monkeypatch, capsys
 ):
     from helpers.plates import plate_settings
 
@@ -124,14 +128,14 @@ def test_local_replay_with_announce_publishes_results_ready_once_per_inspection(
 
     root = tmp_path / "images"
     world = build_world(
-        ispyb_sqlite_url,
+        ispyb_world_url,
         root,
-        BaselineAnalyser(plate_settings(ispyb_sqlite_url, root)),
+        BaselineAnalyser(plate_settings(ispyb_world_url, root)),
         **queue_names,
     )
     world.repair_corrupt_image()
     env = {
-        "CHIMP_DATABASE_URL": ispyb_sqlite_url,
+        "CHIMP_DATABASE_URL": ispyb_world_url,
         "CHIMP_ANALYSER": "baseline",
         "CHIMP_BASELINE_WRITES_TARGETS": "true",
     }

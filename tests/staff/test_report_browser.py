@@ -101,7 +101,8 @@ def test_report_in_chromium_shows_wells_colours_and_targets(
     view = browser.find_element(By.ID, f"drop-{latest}-1")
     assert view.is_displayed()
     assert len(view.find_elements(By.CSS_SELECTOR, "g.target")) == 3
-    assert view.find_element(By.CSS_SELECTOR, "dd.dispense-status").text == "ok at (620, 480)"
+    dispense = view.find_element(By.CSS_SELECTOR, "dd.dispense-status").text
+    assert dispense == "ok at (620, 480), worker's"
     picture = view.find_element(By.CSS_SELECTOR, "svg.drop-image image")
     assert picture.get_attribute("href").startswith("data:image/jpeg;base64,")
     assert len(browser.find_elements(By.CSS_SELECTOR, "article.drop-view")) == 8

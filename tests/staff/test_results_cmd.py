@@ -69,11 +69,13 @@ def test_csv_of_one_inspection_shows_failed_and_pending_drops(capsys, known_plat
         ("A2", "2", "pending"),
     ]
     assert rows[0]["pCrystal"] == "0.9"
-    assert (rows[0]["crystalTargets"], rows[0]["dispenseX"], rows[0]["dispenseY"]) == (
+    # The dispense point SynchWeb shows for the drop (from its latest image), the worker's.
+    assert [rows[0][c] for c in ("crystalTargets", "dispenseX", "dispenseY", "dispenseBy")] == [
         "2",
-        "600",
-        "500",
-    )
+        "620",
+        "480",
+        "worker",
+    ]
     assert (rows[2]["failureReason"], rows[2]["pCrystal"], rows[2]["topClass"]) == (
         "image_corrupt",
         "",
@@ -86,11 +88,12 @@ def test_table_shows_the_per_drop_columns(capsys, known_plate):
     assert code == 0
     assert "Plate STAFF-001 · CrystalQuickX · mx1234-5 · latest image per drop" in out
     lines = [line.split() for line in out.splitlines() if line.strip().startswith("A")]
+    image = {location: str(known_plate.plate.image_ids[(1, location)]) for location in (1, 2, 3, 4)}
     assert lines == [
-        ["A1", "1", "1", "5", "done", "crystal", "0.95", "3", "(620,", "480)", "ok"],
-        ["A1", "2", "2", "6", "done", "clear", "0.2", "0", "(615,", "525)", "ok"],
-        ["A2", "1", "3", "7", "done", "crystal", "0.5", "1", "no", "drop"],
-        ["A2", "2", "4", "8", "done", "clear", "0.05", "0", "(630,", "470)", "ok"],
+        ["A1", "1", "1", image[1], "done", "crystal", "0.95", "3", "(620,", "480)", "worker", "ok"],
+        ["A1", "2", "2", image[2], "done", "clear", "0.2", "0", "(615,", "525)", "worker", "ok"],
+        ["A2", "1", "3", image[3], "done", "crystal", "0.5", "1", "no", "drop"],
+        ["A2", "2", "4", image[4], "done", "clear", "0.05", "0", "(630,", "470)", "worker", "ok"],
     ]
 
 
