@@ -409,6 +409,29 @@ def reopen_done_inspections(session_factory: sessionmaker[Session], backlog: Bac
     ]
 
 
+def settle_reopened(session_factory: sessionmaker[Session], inspection_ids: Iterable[int]) -> int:
+    """Complete again the reopened inspections a stopped replay will not finish.
+
+    A replay reopens done inspections before their work; if it stops (Ctrl-C, a crash, the
+    broker gone) before an inspection's work was handed over, nobody would complete it again.
+    Its images still all have a result or a recorded failure, so completion succeeds here.
+    Returns how many were completed; an unreachable database is logged, not raised (the
+    error that stopped the replay is the one to report).
+    """
+    from chimp_worker.errors import DatabaseUnavailableError
+    from chimp_worker.ispyb.progress import try_complete_inspection
+
+    settled = 0
+    for inspection_id in inspection_ids:
+        try:
+            settled += try_complete_inspection(session_factory, inspection_id)
+        except DatabaseUnavailableError as error:
+            log.warning(
+                "replay_reopened_inspection_left", inspection_id=inspection_id, error=str(error)
+            )
+    return settled
+
+
 def process_backlog(
     backlog: Backlog,
     pipeline: Pipeline,

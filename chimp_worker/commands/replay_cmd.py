@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from chimp_worker.config import Settings
     from chimp_worker.pipeline import Pipeline
-    from chimp_worker.replay import Backlog, ReplaySummary
+    from chimp_worker.replay import Backlog, BacklogInspection, ReplaySummary
 
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
 
@@ -191,7 +191,12 @@ def _do_work(
     )
     from rich.text import Text
 
-    from chimp_worker.replay import process_backlog, publish_backlog, reopen_done_inspections
+    from chimp_worker.replay import (
+        process_backlog,
+        publish_backlog,
+        reopen_done_inspections,
+        settle_reopened,
+    )
 
     class RateColumn(ProgressColumn):
         """Images per second, from rich's moving window."""
@@ -200,7 +205,8 @@ def _do_work(
             speed = task.finished_speed or task.speed
             return Text("  -- img/s" if speed is None else f"{speed:6.2f} img/s")
 
-    reopen_done_inspections(factory, backlog)
+    reopened = reopen_done_inspections(factory, backlog)
+    handed_over: set[int] = set()  # queued: a daemon that does an item completes its inspection
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -210,29 +216,39 @@ def _do_work(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as progress:
-        if pipeline is not None:
-            task = progress.add_task("processing", total=backlog.image_count)
-            process_backlog(
-                backlog,
-                pipeline,
-                chunk_size=size,
-                on_image=lambda _event: progress.advance(task),
-                summary=summary,
-            )
-        else:
-            from chimp_worker.broker import Publisher
 
-            task = progress.add_task("publishing", total=backlog.image_count)
-            with Publisher(settings, connection_name="chimp-worker replay") as publisher:
-                publish_backlog(
+    def published(inspection: BacklogInspection, chunk: tuple[int, ...]) -> None:
+        handed_over.add(inspection.containerInspectionId)
+        progress.advance(task, len(chunk))
+
+    try:
+        with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as progress:
+            if pipeline is not None:
+                task = progress.add_task("processing", total=backlog.image_count)
+                process_backlog(
                     backlog,
-                    publisher,
+                    pipeline,
                     chunk_size=size,
-                    priority=priority,
-                    on_item=lambda _inspection, chunk: progress.advance(task, len(chunk)),
+                    on_image=lambda _event: progress.advance(task),
                     summary=summary,
                 )
+            else:
+                from chimp_worker.broker import Publisher
+
+                task = progress.add_task("publishing", total=backlog.image_count)
+                with Publisher(settings, connection_name="chimp-worker replay") as publisher:
+                    publish_backlog(
+                        backlog,
+                        publisher,
+                        chunk_size=size,
+                        priority=priority,
+                        on_item=published,
+                        summary=summary,
+                    )
+    except BaseException:
+        # Never leave an inspection reopened: what was not handed over completes again.
+        settle_reopened(factory, [i for i in reopened if i not in handed_over])
+        raise
 
 
 def _plan_text(backlog: Backlog) -> str:

@@ -68,7 +68,9 @@ def inspection_images(
                 t.BLSampleImage.micronsPerPixelY,
                 t.BLSample.location,
             )
-            .join(t.BLSample, t.BLSample.blSampleId == t.BLSampleImage.blSampleId)
+            # Outer: an image whose BLSample is gone (an old clean-up without FK checks) is
+            # still the inspection's; it fails with the database's refusal, and completes.
+            .outerjoin(t.BLSample, t.BLSample.blSampleId == t.BLSampleImage.blSampleId)
             .where(t.BLSampleImage.containerInspectionId == inspection_id)
             .order_by(t.BLSampleImage.blSampleImageId)
         ).all()

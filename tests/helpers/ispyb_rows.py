@@ -23,6 +23,7 @@ from chimp_worker.analysis import (
 )
 from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.worker_tables import WorkerBase
+from chimp_worker.mock_imager.registration import register_plate
 
 CLASSIFIER = ModelRef("classifier", "convnext_tiny", "a" * 64)
 DETECTOR = ModelRef("xchem_detector", "maskrcnn_resnet50_fpn", "b" * 64)
@@ -37,9 +38,17 @@ class Plate:
 
 
 def add_plate(factory: sessionmaker[Session], barcode: str = "CQX-0001", drops: int = 4) -> Plate:
-    """Container, one BLSample and one BLSampleImage per drop, one Completed inspection."""
+    """Container, one BLSample and one BLSampleImage per drop, one Completed inspection; the
+    plate registered in visit mx1234-1 (on a facility's schema with dewar and crystal)."""
     with factory.begin() as session:
-        container = t.Container(barcode=barcode, containerType="CrystalQuickX", containerTypeId=14)
+        registration = register_plate(session, "mx1234-1", barcode)
+        container = t.Container(
+            barcode=barcode,
+            containerType="CrystalQuickX",
+            containerTypeId=14,
+            sessionId=registration.sessionId,
+            dewarId=registration.dewarId,
+        )
         session.add(container)
         session.flush()
         inspection = t.ContainerInspection(
@@ -53,7 +62,10 @@ def add_plate(factory: sessionmaker[Session], barcode: str = "CQX-0001", drops: 
         samples, images = [], []
         for drop in range(1, drops + 1):
             sample = t.BLSample(
-                containerId=container.containerId, name=f"d{drop}", location=str(drop)
+                containerId=container.containerId,
+                crystalId=registration.crystalId,
+                name=f"d{drop}",
+                location=str(drop),
             )
             session.add(sample)
             session.flush()

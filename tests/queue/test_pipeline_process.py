@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers.analysers import PixelStatsAnalyser
 from helpers.ispyb_rows import Plate, add_plate, snapshot
+from helpers.orphans import orphan_sample
 from PIL import Image
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -130,6 +131,31 @@ def test_bad_images_are_recorded_failed_and_the_rest_of_the_plate_goes_on(
         fourth: ("failed", "image_truncated"),
         fifth: ("done", None),
     }
+
+
+def test_a_write_the_database_refuses_fails_that_image_once_and_the_plate_goes_on(
+    ispyb_url: str, factory: sessionmaker[Session], plate: Plate, tmp_path: Path
+) -> None:
+    """An orphaned image (its BLSample deleted with foreign-key checks off): every insert for
+    it is refused (1452). One failed image with that reason, not a crash and a redelivery."""
+    orphan_sample(ispyb_url, plate.sampleIds[2])
+    analyser = PixelStatsAnalyser()
+    outcome = make_pipeline(factory, tmp_path, analyser).process(plate.inspectionId)
+    first, second, third, fourth, fifth = plate.imageIds
+    assert outcome.failed == {third: "db_refused_foreign_key"}
+    assert outcome.written == (first, second, fourth, fifth)
+    assert outcome.completed_inspection
+    assert set(analyser.calls.values()) == {1}  # analysed once, not retried
+    with factory() as session:
+        record = session.get(ChimpImageResult, third)
+        assert record is not None
+        assert (record.state, record.failureReason) == ("failed", "db_refused_foreign_key")
+        assert "1452" in (record.failureDetail or "") or "FOREIGN KEY" in (
+            record.failureDetail or ""
+        )
+    # Planned again later, it is failed work, not a loop: the same refusal, recorded once.
+    again = make_pipeline(factory, tmp_path, analyser).process(plate.inspectionId)
+    assert again.failed == {third: "db_refused_foreign_key"}
 
 
 def test_an_analyser_crash_on_one_image_fails_only_that_image(

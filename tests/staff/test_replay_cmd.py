@@ -194,6 +194,12 @@ def test_ctrl_c_prints_the_summary_and_the_same_command_finishes_the_rest(
     assert "interrupted: run the same command again to finish the rest" in out
     # Written before the interruption: the failed image of A1 and two of A2 (9 done before).
     assert _state(world)[0] == {"done": 12}
+    # RPL-B was reopened for its model change but not reached: it is not left reopened.
+    with world.factory() as session:
+        done = session.scalars(
+            select(ChimpInspection.containerInspectionId).where(ChimpInspection.state == "done")
+        ).all()
+    assert sorted(done) == sorted([world.a[0], world.a[1], world.b])
 
     monkeypatch.setattr(Pipeline, "_write", original)
     code, out = replay(capsys, "--dry-run")
