@@ -1,4 +1,5 @@
-"""``chimp-worker db``: create or upgrade the schema, and show where it stands."""
+"""``chimp-worker db``: create or upgrade the schema, show where it stands, and the score
+schema the analyser needs in ISPyB."""
 
 from __future__ import annotations
 
@@ -87,3 +88,47 @@ def current_command(app: AppContext) -> None:
         else:
             note = f"behind: newest is {head}; run 'chimp-worker db upgrade'"
         click.echo(f"  {history:7} {revision or '-':14} {note}")
+
+
+@db.command("score-schema")
+@click.option(
+    "--schema",
+    "schema_name",
+    help="The auto-score schema [default: the configured analyser's, CHIMP or BASELINE_CV].",
+)
+@click.option(
+    "--apply", is_flag=True, help="Run the statements (development databases only, never ISPyB)."
+)
+@pass_app
+def score_schema_command(app: AppContext, schema_name: str | None, apply: bool) -> None:
+    """Print the SQL that adds the auto-score schema the analyser writes under, for the ISPyB
+    administrators: its BLSampleImageAutoScoreSchema row (the lowest free id; SynchWeb takes
+    single-digit ids only), its four classes, or the UPDATE that enables it. Prints only a
+    comment when the schema is ready. A facility's ISPyB holds MARCO and CHIMP; the
+    weight-free baseline's BASELINE_CV must be added.
+
+    \b
+    Example:
+      chimp-worker db score-schema > score-schema.sql     # hand to the ISPyB administrators
+      chimp-worker db score-schema --schema BASELINE_CV
+      chimp-worker db score-schema --apply                # a development database
+    """
+    from chimp_worker.ispyb import score_schema
+    from chimp_worker.ispyb.database import make_engine, translate_db_errors
+
+    settings = app.settings()
+    name = schema_name or score_schema.analyser_schema(settings)
+    engine = make_engine(settings.database_url, settings.database_connect_args)
+    try:
+        if apply:
+            before, after = score_schema.apply(engine, name)
+            if before.statements:
+                click.echo(before.sql(), nl=False)
+                click.echo(f"-- applied on {mask_url(settings.database_url)}")
+            click.echo(after.sql(), nl=False)
+            return
+        with translate_db_errors(), engine.connect() as connection:
+            found = score_schema.check(connection, name)
+    finally:
+        engine.dispose()
+    click.echo(found.sql(), nl=False)

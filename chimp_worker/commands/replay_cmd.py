@@ -13,6 +13,7 @@ from chimp_worker.cli import AppContext, pass_app
 if TYPE_CHECKING:
     from rich.progress import Task
     from rich.text import Text
+    from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
     from chimp_worker.config import Settings
@@ -141,6 +142,8 @@ def replay(
         checksums = current_model_checksums(settings)
     summary = ReplaySummary(mode="dry-run" if dry_run else "local" if local else "queue")
     try:
+        if not dry_run:  # refuse before reopening anything, as `run` refuses before consuming
+            _preflight(settings, pipeline.engine if pipeline is not None else engine)
         backlog = find_backlog(factory, filters, checksums)
         for missing in backlog.not_completed:
             click.echo(f"warning: inspection {missing} is not a Completed inspection; skipped")
@@ -168,6 +171,17 @@ def replay(
         if engine is not None:
             engine.dispose()
     click.echo(_summary_text(summary))
+
+
+def _preflight(settings: Settings, engine: Engine | None) -> None:
+    """The checks ``run`` makes at start-up: grants, tables, the analyser's score schema."""
+    from chimp_worker.ispyb.database import check_database_access
+    from chimp_worker.ispyb.score_schema import analyser_schema
+
+    if engine is not None:
+        check_database_access(
+            engine, analyser_schema(settings), analyser=settings.effective_analyser
+        )
 
 
 def _do_work(

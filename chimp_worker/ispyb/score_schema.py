@@ -182,20 +182,20 @@ def require(engine: Engine, schema_name: str, *, analyser: str | None = None) ->
     )
 
 
-def apply(engine: Engine, schema_name: str) -> ScoreSchemaCheck:
-    """Run the statements ``check`` prints, on a development database only."""
+def apply(engine: Engine, schema_name: str) -> tuple[ScoreSchemaCheck, ScoreSchemaCheck]:
+    """Run the statements ``check`` prints, on a development database only: (before, after)."""
     from chimp_worker.ispyb.schema import detect_kind
 
     with translate_db_errors(), engine.begin() as connection:
         kind = detect_kind(connection)
-        found = check(connection, schema_name)
-        if found.ready:
-            return found
+        before = check(connection, schema_name)
+        if before.ready:
+            return before, before
         if kind == "ispyb":
             raise DatabaseSchemaError(
                 "this is a facility's ISPyB, whose lookups belong to its administrators: hand "
                 "them the statements 'chimp-worker db score-schema' prints"
             )
-        for statement in found.statements:
+        for statement in before.statements:
             connection.exec_driver_sql(statement)
-        return check(connection, schema_name)
+        return before, check(connection, schema_name)

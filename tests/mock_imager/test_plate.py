@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from helpers.plates import SMALL_SIZES, plate_settings, served_plate_settings, small_plate
+from helpers.synchweb import plate_view
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
+from chimp_worker.cli import cli
 from chimp_worker.errors import ImageError
 from chimp_worker.images import FilesystemSource, make_image_source
 from chimp_worker.ispyb import tables as t
@@ -156,3 +159,67 @@ def test_the_plate_can_be_fetched_over_http_from_the_mock_server(
         over_http = make_image_source(settings).fetch(image.imageFullPath, image.blSampleImageId)
         assert server.count(image.imageFullPath) == 1
     assert np.array_equal(from_disk.pixels, over_http.pixels)
+
+
+def test_on_a_facility_the_plate_is_registered_the_way_synchweb_reads_it(facility_url, tmp_path):
+    """Container -> Dewar -> Shipping -> Proposal and BLSample -> Crystal -> Protein, every
+    row under the facility's foreign keys (Proposal.personId -> Person...): staff see it."""
+    plate = small_plate(facility_url, tmp_path, barcode="FAC-1", wells=2, inspections=2)
+    factory = make_session_factory(make_engine(facility_url))
+    view = plate_view(factory, plate.containerId, plate.containerInspectionIds)
+    assert view.visible
+    assert view.samples == plate.blSampleIds
+    with factory() as session:
+        person = session.execute(
+            text(
+                "SELECT pe.login FROM Container c JOIN BLSession bs ON bs.sessionId = c.sessionId"
+                " JOIN Proposal p ON p.proposalId = bs.proposalId"
+                " JOIN Person pe ON pe.personId = p.personId WHERE c.containerId = :id"
+            ),
+            {"id": plate.containerId},
+        ).scalar_one()
+    assert person == "mock_imager"
+    factory.kw["bind"].dispose()
+
+
+def test_on_a_facility_a_plate_attaches_to_an_existing_visit(facility_url, tmp_path):
+    """The facility's own visit (its person, proposal and session as the user office made
+    them): the mock imager adds a plate to it and creates no visit of its own."""
+    engine = make_engine(facility_url)
+    with engine.begin() as connection:
+        person = connection.execute(
+            text("INSERT INTO Person (familyName, login) VALUES ('Scientist', 'ab12345')")
+        ).lastrowid
+        proposal = connection.execute(
+            text(
+                "INSERT INTO Proposal (personId, proposalCode, proposalNumber, title)"
+                " VALUES (:person, 'cm', '37235', 'Commissioning')"
+            ),
+            {"person": person},
+        ).lastrowid
+        visit = connection.execute(
+            text("INSERT INTO BLSession (proposalId, visit_number) VALUES (:proposal, 3)"),
+            {"proposal": proposal},
+        ).lastrowid
+    code = CliRunner().invoke(
+        cli,
+        [
+            "--database-url", facility_url,
+            "mock-imager", "--barcode", "FAC-2", "--wells", "1", "--size", "253x203",
+            "--visit", "cm37235-3", "--image-root", str(tmp_path),
+        ],
+    )  # fmt: skip
+    assert code.exit_code == 0, code.output
+    with engine.connect() as connection:
+        session_id, proposal_of_dewar = connection.execute(
+            text(
+                "SELECT c.sessionId, sh.proposalId FROM Container c"
+                " JOIN Dewar d ON d.dewarId = c.dewarId"
+                " JOIN Shipping sh ON sh.shippingId = d.shippingId WHERE c.barcode = 'FAC-2'"
+            )
+        ).one()
+        assert (session_id, proposal_of_dewar) == (visit, proposal)
+        assert connection.execute(text("SELECT COUNT(*) FROM Proposal")).scalar() == 1
+        assert connection.execute(text("SELECT COUNT(*) FROM Person")).scalar() == 1
+    engine.dispose()
+    assert (tmp_path / "cm37235-3" / "imaging").is_dir()
