@@ -264,8 +264,8 @@ def _check_ispyb_lookups(engine: Engine, score_schema: str, analyser: str | None
     if not references.complete:
         names = ", ".join(reference.table for reference in references.denied)
         raise ConfigError(
-            f"database_url: the worker may not read {names}, which refer to auto sub-samples; "
-            "without them it cannot tell a queued or collected point from a free one. Ask the "
+            f"database_url: the worker may not read {names} (pointing at auto sub-samples); "
+            "without that it cannot tell a queued or collected point from a free one. Ask the "
             "ISPyB administrators for:\n"
             + "\n".join(
                 f"  {grant}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, bindparam, exc, text
@@ -65,7 +65,8 @@ class ReferenceTables:
     def grants(self, user: str = "'chimp_worker'@'%'", schema: str = "`ispyb`") -> list[str]:
         """The GRANT statements that would make every check possible."""
         return [
-            f"GRANT SELECT ON {schema}.`{reference.table}` TO {user};" for reference in self.denied
+            f"GRANT SELECT (`{reference.column}`) ON {schema}.`{reference.table}` TO {user};"
+            for reference in self.denied
         ]
 
 
@@ -140,8 +141,3 @@ def _referencing(session: Session, reference: Reference, ids: Sequence[int]) -> 
 def forget(engine: Engine) -> None:
     """Drop the cached probe of an engine (tests that change grants or tables)."""
     _probed.pop(engine, None)
-
-
-def describe_denied(tables: ReferenceTables) -> Mapping[str, str]:
-    """Table -> what the worker cannot see without SELECT on it (for start-up messages)."""
-    return {reference.table: reference.reason for reference in tables.denied}

@@ -37,13 +37,17 @@ def queue_settings(amqp_url: str, queue_prefix: str, rabbit: RabbitProbe) -> Ite
     rabbit.delete(settings)
 
 
-@pytest.fixture
-def ispyb_mariadb_url(mariadb_url: str) -> str:
-    """A fresh MariaDB database with the ISPyB core subset and the worker's tables."""
+@pytest.fixture(params=["mariadb", "facility"])
+def ispyb_mariadb_url(request: pytest.FixtureRequest) -> str:
+    """A fresh MariaDB database with the ISPyB core subset and the worker's tables, and a
+    facility's full ISPyB (tests/helpers/facility.py)."""
+    if request.param == "facility":
+        return request.getfixturevalue("facility_url")
     from chimp_worker.ispyb.schema import create_all
 
-    create_all(mariadb_url)
-    return mariadb_url
+    url = request.getfixturevalue("mariadb_url")
+    create_all(url)
+    return url
 
 
 @pytest.fixture

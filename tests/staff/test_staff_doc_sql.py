@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers.staff import analysis, write_result
+from helpers.synchweb import move_dispense_point
 from sqlalchemy import text
 
 STAFF_DOC = Path(__file__).resolve().parents[2] / "docs" / "staff.md"
@@ -53,11 +55,13 @@ def test_latest_result_per_drop(known_plate):
     assert [r["pCrystal"] for r in rows] == pytest.approx([0.95, 0.2, 0.5, 0.05], abs=1e-6)
     assert rows[0]["pClear"] == pytest.approx(0.0375, abs=1e-6)
     assert [r["crystalCount"] for r in rows] == [3, 0, 1, 0]
-    assert [(r["dispenseStatus"], r["dispenseX"], r["dispenseY"]) for r in rows] == [
-        ("ok", 620.0, 480.0),
-        ("ok", 615.0, 525.0),
-        ("no drop", None, None),
-        ("ok", 630.0, 470.0),
+    assert [
+        (r["dispenseStatus"], r["dispenseX"], r["dispenseY"], r["dispenseBy"]) for r in rows
+    ] == [
+        ("ok", 620.0, 480.0, "worker"),
+        ("ok", 615.0, 525.0, "worker"),
+        ("no drop", None, None, None),
+        ("ok", 630.0, 470.0, "worker"),
     ]
 
 
@@ -70,6 +74,35 @@ def test_auto_crystal_targets(known_plate):
         (3, 400.0, 400.0),
     ]
     assert {round(r["score"], 4) for r in rows} == {0.9}
+    assert {(r["analyser"], r["keptReason"]) for r in rows} == {("chimp", None)}
+
+
+def test_staff_sql_says_whose_dispense_point_and_why_a_target_was_kept(own_known_plate):
+    """Staff move drop 1's dispense point and one of its targets; a new result comes."""
+    factory, plate = own_known_plate.session_factory, own_known_plate.plate
+    move_dispense_point(factory, plate.sample_ids[1], 600.0, 490.0)
+    image = plate.image_ids[(1, 1)]
+    with factory.begin() as session:
+        session.execute(
+            text(
+                "UPDATE Position SET posX = 312, posY = 407 WHERE positionId = (SELECT positionId"
+                " FROM BLSubSample WHERE blSampleImageId = :image AND source = 'auto'"
+                " ORDER BY blSubSampleId LIMIT 1)"
+            ),
+            {"image": image},
+        )
+    write_result(factory, image, analysis(0.95, [(310, 405), (505, 455)], (620, 480)))
+    rows = run(own_known_plate, "latest result per drop")
+    assert [(r["dispenseX"], r["dispenseY"], r["dispenseBy"]) for r in rows[:2]] == [
+        (600.0, 490.0, "staff"),
+        (615.0, 525.0, "worker"),
+    ]
+    targets = run(own_known_plate, "auto crystal targets")
+    assert [(r["posX"], r["posY"], r["keptReason"]) for r in targets if r["location"] == "1"] == [
+        (312.0, 407.0, "moved by staff"),
+        (310.0, 405.0, None),
+        (505.0, 455.0, None),
+    ]
 
 
 def test_inspections_of_a_plate(known_plate):
