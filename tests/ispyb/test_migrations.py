@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner, Result
-from sqlalchemy import Connection, inspect, select
+from sqlalchemy import Connection, inspect, select, text
 
 from chimp_worker.cli import cli
 from chimp_worker.errors import DatabaseSchemaError
@@ -168,3 +169,85 @@ def test_db_commands(sqlite_url: str) -> None:
     refused = run_cli("db", "upgrade", "--target", "nonsense", database_url=sqlite_url)
     assert refused.exit_code == 2
     assert "nonsense" in refused.output
+
+
+def test_worker_0003_backfills_the_rows_earlier_versions_wrote(database_url: str) -> None:
+    """Rows written before chimp_ispyb_row existed are the worker's again after the upgrade, with
+    the coordinates it computed: a dispense point staff moved meanwhile is staff's."""
+    from helpers.ispyb_rows import add_plate, make_analysis
+
+    from chimp_worker.ispyb.database import make_session_factory
+    from chimp_worker.ispyb.worker_tables import ChimpIspybRow
+    from chimp_worker.ispyb.writer import write_image_result
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(schema.alembic_config("core", connection), "head")
+            command.upgrade(schema.alembic_config("worker", connection), "worker_0002")
+        factory = make_session_factory(engine)
+        plate = add_plate(factory, drops=1)
+        image, sample = plate.imageIds[0], plate.sampleIds[0]
+        with engine.begin() as connection:  # what worker_0002's writer left behind
+            position = connection.execute(
+                text("INSERT INTO Position (posX, posY) VALUES (100, 40)")
+            ).lastrowid
+            subsample = connection.execute(
+                text(
+                    "INSERT INTO BLSubSample (blSampleId, blSampleImageId, positionId, source,"
+                    " type) VALUES (:sample, :image, :position, 'auto', 'poi')"
+                ),
+                {"sample": sample, "image": image, "position": position},
+            ).lastrowid
+            dispense = connection.execute(
+                text(
+                    "INSERT INTO BLSamplePosition (blSampleId, posX, posY, positionType)"
+                    " VALUES (:sample, 65, 118, 'dispensing')"  # staff moved it from (60, 120)
+                ),
+                {"sample": sample},
+            ).lastrowid
+            connection.execute(
+                text(
+                    "INSERT INTO chimp_image_result (blSampleImageId, state, analyser,"
+                    " dispenseX, dispenseY, blSamplePositionId, attempts, createdAt, updatedAt)"
+                    " VALUES (:image, 'done', 'chimp', 60, 120, :dispense, 1,"
+                    " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+                ),
+                {"image": image, "dispense": dispense},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO chimp_detection (blSampleImageId, detectionIndex, label, score,"
+                    " boxX0, boxY0, boxX1, boxY1, maskArea, blSubSampleId)"
+                    " VALUES (:image, 0, 'crystal', 0.875, 0, 0, 1, 1, 1, :subsample)"
+                ),
+                {"image": image, "subsample": subsample},
+            )
+        upgraded = schema.upgrade(database_url, "worker")
+        assert upgraded.after["worker"] == schema.head_revisions()["worker"]
+        with factory() as session:
+            rows = {
+                (row.tableName, row.rowId): (row.analyser, row.posX, row.posY, row.score)
+                for row in session.scalars(select(ChimpIspybRow))
+            }
+        assert rows == {
+            ("BLSubSample", subsample): ("chimp", 100.0, 40.0, 0.875),
+            ("BLSamplePosition", dispense): ("chimp", 60.0, 120.0, None),
+        }
+        # The next result replaces the worker's free point and leaves staff's dispense point.
+        outcome = write_image_result(
+            factory, image, make_analysis(targets=[(7, 7)], dispense=(90, 90))
+        )
+        assert outcome.dispense_held_by == "staff"
+        with engine.connect() as connection:
+            points = connection.execute(
+                text(
+                    "SELECT p.posX, p.posY FROM BLSubSample ss"
+                    " JOIN Position p ON p.positionId = ss.positionId"
+                    " WHERE ss.blSampleImageId = :image"
+                ),
+                {"image": image},
+            ).all()
+        assert [tuple(point) for point in points] == [(7.0, 7.0)]
+    finally:
+        engine.dispose()
