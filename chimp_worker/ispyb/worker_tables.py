@@ -2,7 +2,8 @@
 
 ISPyB stores what staff act on (class probabilities, queueable crystal targets, the dispense
 point). Everything else -- per-image processing state and failures, which model files produced
-a result, timings, every detection including drop boxes, per-inspection completion -- lives
+a result, timings, every detection including drop boxes, per-inspection completion, and which
+ISPyB rows the worker wrote (so re-processing never takes staff's rows for its own) -- lives
 here, in ``chimp_*`` tables on their own metadata and their own migration history, the only
 schema change the worker ever makes on a facility database.
 
