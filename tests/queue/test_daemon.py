@@ -9,6 +9,7 @@ import pytest
 import structlog
 from helpers.analysers import PixelStatsAnalyser
 from helpers.ispyb_rows import snapshot
+from helpers.orphans import orphan_sample
 from helpers.plates import small_plate
 from helpers.rabbit import RabbitProbe
 from helpers.workers import (
@@ -232,3 +233,31 @@ def test_an_inspection_committed_after_its_event_is_planned_once_it_becomes_visi
     assert rabbit.count(f"dlq.{settings.events_queue}") == 0
     [ready] = rabbit.take_all(settings.results_queue)
     assert ready.json["containerInspectionId"] == late_id
+
+
+def test_a_write_the_database_refuses_fails_one_image_and_every_message_is_acked_once(
+    world: PlateWorld, rabbit: RabbitProbe
+) -> None:
+    """Not a crash, not six deliveries of inference and a dead letter: one failed image with
+    the database's reason, the rest of the plate written, the inspection done and announced."""
+    orphan = world.plate.latest.images[2]
+    orphan_sample(world.settings.database_url, orphan.blSampleId)
+    with Publisher(world.settings) as publisher:
+        publisher.publish(InspectionCompleted(containerInspectionId=world.inspection_id))
+    analyser = PixelStatsAnalyser()  # a target and a dispense point on every image
+    with running_workers() as start:
+        worker = start(world.settings, analyser, name="w1", idle_exit_s=1.5)
+        worker.join()
+    assert worker.exit_codes == [0]
+    states = image_states(world.factory, world.inspection_id)
+    assert states.pop(orphan.blSampleImageId) == ("failed", "db_refused_foreign_key")
+    assert set(states.values()) == {("done", None)}
+    assert set(analyser.calls.values()) == {1}
+    assert inspection_state(world.factory, world.inspection_id) == "done"
+    assert len(rabbit.take_all(world.settings.results_queue)) == 1
+    metrics = worker.metrics
+    assert metrics.value("chimp_messages_total", queue="work", outcome="acked") == 3
+    assert metrics.value("chimp_messages_total", queue="work", outcome="requeued") == 0
+    assert metrics.value("chimp_messages_total", queue="work", outcome="dead_lettered") == 0
+    assert drained(rabbit, world)
+    assert rabbit.count(f"dlq.{world.settings.work_queue}") == 0
