@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from helpers.facility import add_score_schemas
 from helpers.ispyb_rows import add_plate, make_analysis, snapshot
 from sqlalchemy import text
+from structlog.testing import capture_logs
 
 from chimp_worker.analysis import BASELINE_SCHEMA, CHIMP_SCHEMA
 from chimp_worker.cli import cli, main
@@ -99,6 +100,15 @@ def test_a_schema_id_above_nine_is_warned_about(bare_facility_url):
         "so staff may not be able to pick it there",
     )
     assert "-- warning: schema 'BASELINE_CV' has id 10" in found.sql()
+    execute(bare_facility_url, *found.statements)
+    engine = make_engine(bare_facility_url)
+    try:
+        with capture_logs() as logs:  # start-up goes ahead, and says so
+            assert check_database_access(engine, BASELINE_SCHEMA, analyser="baseline") is None
+    finally:
+        engine.dispose()
+    assert [entry["event"] for entry in logs] == ["score_schema_id_above_9"]
+    assert "has id 10" in logs[0]["detail"]
 
 
 def test_the_preflight_refuses_with_the_statements_and_accepts_once_added(bare_facility_url):
