@@ -161,6 +161,46 @@ def test_malformed_events_are_dead_lettered_at_once_with_their_reason_and_good_w
     assert logged == sorted([*bad_events, *bad_work]), "one log line per bad message"
 
 
+def hostile_bodies(inspection_id: int) -> dict[str, bytes]:
+    """Bodies that broke the decoder in an attack (RecursionError, ValueError, six deliveries
+    each and a dead letter without a reason): reason -> body."""
+    head = b'{"type": "inspection.completed", "version": 1, "containerInspectionId": '
+    return {
+        "event_too_deep": b"[" * 200_000 + b"]" * 200_000,  # 400 KB
+        "event_number_too_long": head + b"9" * 5000 + b"}",
+        "event_not_finite": head + b"NaN}",
+        "event_bad_unicode": head + str(inspection_id).encode() + b', "barcode": "\\ud800"}',
+        "event_duplicate_key": head + str(inspection_id).encode() + b', "priority": 1'
+        b', "priority": 2}',
+    }
+
+
+def test_hostile_json_is_dead_lettered_at_once_with_its_reason_and_the_worker_goes_on(
+    world: FaultWorld, workers: WorkerPool, analyser: Analyser
+) -> None:
+    hostile = hostile_bodies(world.inspection_id)
+    world.declare()
+    for body in hostile.values():
+        world.probe.publish_raw(world.events_queue, body)
+    worker = workers.start(world.worker_env(), name="w1")
+    world.publish_inspection()
+    world.wait_until_complete()
+    wait_until(
+        lambda: world.probe.count(f"dlq.{world.events_queue}") == len(hostile),
+        30,
+        "every hostile event in the DLQ",
+    )
+    assert worker.alive
+    assert worker.stop() == 0
+    world.check(analyser, dead_letters={f"dlq.{world.events_queue}": len(hostile)})
+    dead = world.probe.take_all(f"dlq.{world.events_queue}")
+    assert {m.headers[HEADER_REASON]: m.body for m in dead} == hostile
+    assert all(m.headers.get("x-delivery-count", 0) == 0 for m in dead), "never requeued"
+    assert not worker.events("message_failed_unexpectedly")
+    logged = sorted(r["reason"] for r in worker.events("message_dead_lettered"))
+    assert logged == sorted(hostile), "one log line per hostile message"
+
+
 def test_the_same_event_twice_to_two_workers_at_once_completes_the_plate_exactly_once(
     world: FaultWorld, workers: WorkerPool, analyser: Analyser
 ) -> None:
