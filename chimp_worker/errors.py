@@ -103,6 +103,15 @@ class DatabaseUnavailableError(TransientError):
     reason = "database_unavailable"
 
 
+class DatabaseError(ChimpError):
+    """A database error no retry is known to fix (a revoked grant, a missing column, a trigger
+    refusing a write, a bug): neither the input's fault nor an outage. The message is
+    requeued and the delivery limit decides; the message names the server's error code and
+    text, never the SQL statement or its parameters."""
+
+    reason = "database_error"
+
+
 class UnknownImageError(PermanentError):
     """A result or failure for a BLSampleImage row that does not exist."""
 

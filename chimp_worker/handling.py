@@ -37,6 +37,7 @@ from chimp_worker.config import Settings
 from chimp_worker.errors import (
     BrokerUnavailableError,
     ChimpError,
+    DatabaseError,
     DatabaseUnavailableError,
     EventError,
     InspectionNotVisibleError,
@@ -55,6 +56,7 @@ from chimp_worker.events import (
     results_ready_now,
 )
 from chimp_worker.ispyb import progress as db
+from chimp_worker.ispyb.database import database_errors_described
 from chimp_worker.ispyb.writer import utcnow
 from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
@@ -148,9 +150,10 @@ class MessageHandler:
             )
         with structlog.contextvars.bound_contextvars(inspection_id=event.containerInspectionId):
             try:
-                if isinstance(event, InspectionCompleted):
-                    return self._plan(delivery, event)
-                return self._work(delivery, event)  # type: ignore[arg-type]
+                with database_errors_described():
+                    if isinstance(event, InspectionCompleted):
+                        return self._plan(delivery, event)
+                    return self._work(delivery, event)  # type: ignore[arg-type]
             except InspectionNotVisibleError as error:
                 if self._stopping.is_set():  # retries cut short by a shutdown: not its fault
                     log.warning("message_requeued", reason=error.reason, detail=str(error))
@@ -162,6 +165,9 @@ class MessageHandler:
                 )
             except TransientError as error:
                 log.warning("message_requeued", reason=error.reason, detail=str(error))
+                return Action.REQUEUED
+            except DatabaseError as error:  # not the message's fault we know of: the limit decides
+                log.error("message_requeued", reason=error.reason, detail=str(error))
                 return Action.REQUEUED
             except PermanentError as error:
                 return self._dead_letter(delivery, error)

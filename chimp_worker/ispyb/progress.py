@@ -17,8 +17,11 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -122,7 +125,12 @@ def images_needing_work(
 def mark_images_pending(
     session_factory: sessionmaker[Session], inspection_id: int, image_ids: Iterable[int]
 ) -> int:
-    """Record images as pending (planned, not yet processed); existing rows are left alone."""
+    """Record images as pending (planned, not yet processed); existing rows are left alone.
+
+    Two workers planning the same event at once both find the rows missing and both insert:
+    the insert ignores rows that appeared since (an upsert that changes nothing), so neither
+    fails. Returns how many rows this call found missing.
+    """
     wanted = set(image_ids)
     now = utcnow()
     with transaction(session_factory) as session:
@@ -133,18 +141,31 @@ def mark_images_pending(
                 )
             )
         )
-        for image_id in sorted(wanted - present):
-            session.add(
-                ChimpImageResult(
-                    blSampleImageId=image_id,
-                    containerInspectionId=inspection_id,
-                    state="pending",
-                    attempts=0,
-                    createdAt=now,
-                    updatedAt=now,
-                )
-            )
-    return len(wanted - present)
+        missing = sorted(wanted - present)
+        if missing:
+            rows = [
+                {
+                    "blSampleImageId": image_id,
+                    "containerInspectionId": inspection_id,
+                    "state": "pending",
+                    "attempts": 0,
+                    "createdAt": now,
+                    "updatedAt": now,
+                }
+                for image_id in missing
+            ]
+            session.execute(_insert_leaving_existing(session, ChimpImageResult), rows)
+    return len(missing)
+
+
+def _insert_leaving_existing(session: Session, model: type[Any]) -> Any:
+    """``INSERT`` that leaves a row with the same key as it is (MariaDB, SQLite)."""
+    table = model.__table__
+    if session.get_bind().dialect.name == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    statement = mysql_insert(table)
+    key = table.primary_key.columns[0]
+    return statement.on_duplicate_key_update({key.name: key})  # assigns itself: no change
 
 
 def _ensure_inspection_row(session_factory: sessionmaker[Session], inspection_id: int) -> None:

@@ -16,6 +16,10 @@ product's own. The hooks only add a pause and a line in an event file at two poi
 - ``FAULT_HOOK_PLAN_PAUSE_S``: after an inspection event has been planned (work items not yet
   published, the event not yet acked), write ``planned <inspection id>`` and sleep -- holds
   the event in flight so a duplicate must go to another worker.
+- ``FAULT_HOOK_PENDING_INSERT_PAUSE_S``: before the first ``INSERT`` into
+  ``chimp_image_result`` (planning, after the worker looked for existing rows), write
+  ``inserting <statement start>`` and sleep -- two workers planning one event both look, then
+  both insert.
 - ``FAULT_HOOK_ANALYSER=pixel-stats``: use the test suite's weight-free ``PixelStatsAnalyser``
   instead of the configured analyser.
 
@@ -122,6 +126,22 @@ def install_hooks() -> None:
 
     if plan_pause > 0:
         pipeline.Pipeline.plan = plan  # type: ignore[method-assign]
+
+    insert_pause = float(os.environ.get("FAULT_HOOK_PENDING_INSERT_PAUSE_S", "0"))
+    if insert_pause > 0:
+        from sqlalchemy import Engine, event
+
+        paused = [False]
+
+        def before_insert(*args: Any) -> None:
+            statement = str(args[2]).lstrip()
+            if paused[0] or not statement.startswith("INSERT INTO chimp_image_result"):
+                return
+            paused[0] = True
+            _note("inserting", statement[:40].replace(" ", "_"))
+            time.sleep(insert_pause)
+
+        event.listen(Engine, "before_cursor_execute", before_insert)
 
 
 if __name__ == "__main__":

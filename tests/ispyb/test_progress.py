@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from helpers.ispyb_rows import CLASSIFIER, Plate, add_plate, make_analysis
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.analysis import ModelRef
 from chimp_worker.errors import InspectionNotVisibleError
+from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.progress import (
     InspectionImage,
     images_needing_work,
@@ -18,7 +21,7 @@ from chimp_worker.ispyb.progress import (
     reopen_inspection,
     try_complete_inspection,
 )
-from chimp_worker.ispyb.worker_tables import ChimpInspection
+from chimp_worker.ispyb.worker_tables import ChimpImageResult, ChimpInspection
 from chimp_worker.ispyb.writer import record_image_failure, write_image_result
 
 
@@ -108,3 +111,49 @@ def test_racing_workers_complete_exactly_once(factory: sessionmaker[Session], pl
         thread.join(timeout=60)
     assert errors == []
     assert sorted(wins) == [False] * (racers - 1) + [True]
+
+
+@pytest.mark.mariadb
+def test_two_workers_marking_the_same_images_pending_at_once_both_succeed(
+    mariadb_url: str,
+) -> None:
+    """The race of the same event planned by two workers: both read "no rows yet", both
+    insert. MariaDB makes the second wait for the first's rows, then refuse a duplicate key
+    (1062), unless the insert tolerates rows that appeared since it looked."""
+    from chimp_worker.ispyb.schema import create_all
+
+    create_all(mariadb_url)
+    engine = make_engine(mariadb_url)
+    factory = make_session_factory(engine)
+    plate = add_plate(factory, drops=48)
+    barrier = threading.Barrier(2)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def insert_together(*args: Any) -> None:
+        statement = str(args[2]).lstrip().upper()
+        if statement.startswith("INSERT") and "CHIMP_IMAGE_RESULT" in statement:
+            barrier.wait(timeout=20)  # each has looked and found nothing: now both insert
+
+    errors: list[BaseException] = []
+
+    def plan() -> None:
+        try:
+            mark_images_pending(factory, plate.inspectionId, plate.imageIds)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=plan) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert [type(error).__name__ for error in errors] == []
+        assert images_needing_work(factory, plate.inspectionId) == list(plate.imageIds)
+        with factory() as session:
+            states = session.execute(
+                select(ChimpImageResult.state, func.count()).group_by(ChimpImageResult.state)
+            ).all()
+        assert states == [("pending", 48)]
+    finally:
+        engine.dispose()
