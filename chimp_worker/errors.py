@@ -94,6 +94,12 @@ class AnalysisError(PermanentError):
     reason = "analysis_failed"
 
 
+class AnalysisTimeoutError(AnalysisError):
+    """The analyser gave no result for one image within its deadline (``image_deadline_s``)."""
+
+    reason = "analysis_timeout"
+
+
 # --- database ------------------------------------------------------------------------------
 
 
@@ -174,6 +180,25 @@ class ImageTimeoutError(ImageError):
 
 class ImageOutsideRootsError(ImageError):
     reason = "image_outside_roots"
+
+
+class ImageNotAFileError(ImageError):
+    """A FIFO, socket, device or directory where an image file should be: never opened (a FIFO
+    would block the reader for ever, a device could be read without end)."""
+
+    reason = "image_not_a_file"
+
+
+class ImageSymlinkLoopError(ImageError):
+    reason = "image_symlink_loop"
+
+
+class ImagePathTooLongError(ImageError):
+    reason = "image_path_too_long"
+
+
+class ImagePermissionError(ImageError):
+    reason = "image_permission_denied"
 
 
 class ImageFetchError(ImageError):

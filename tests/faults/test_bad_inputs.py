@@ -5,6 +5,9 @@ bad events are dead-lettered at once with theirs; duplicates change nothing."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ from helpers.ispyb_rows import snapshot
 from chimp_worker.analysis import Analyser
 from chimp_worker.broker import HEADER_REASON, HEADER_SOURCE_QUEUE
 from chimp_worker.events import MAX_EVENT_BYTES, WorkItem
+from chimp_worker.ispyb import tables as t
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.mariadb]
 
@@ -96,6 +100,81 @@ def test_damaged_image_files_are_recorded_failed_with_their_reason_and_the_plate
     assert (report.images, report.done, len(report.failed)) == (10, 3, 7)
     logged = {r["blsample_image_id"]: r["reason"] for r in worker.events("image_failed")}
     assert logged == expected, "one clear log line per bad image, with its reason"
+
+
+def replace_with_special_file(path: Path, kind: str) -> None:
+    """Put something that is not a regular image file at ``path``."""
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink_loop":
+        partner = path.with_name(path.name + ".partner")
+        path.symlink_to(partner)
+        partner.symlink_to(path)
+    elif kind == "self_loop":
+        path.symlink_to(path)
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+    elif kind == "device":
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers (root)
+    elif kind == "directory":
+        path.mkdir()
+
+
+# drop location -> what is at its path, and the recorded reason
+SPECIAL_FILES = {
+    1: ("fifo", "image_not_a_file"),
+    2: ("symlink_loop", "image_symlink_loop"),
+    3: ("self_loop", "image_symlink_loop"),
+    4: ("socket", "image_not_a_file"),
+    5: ("device", "image_not_a_file"),
+    6: ("directory", "image_not_a_file"),
+    7: ("name_too_long", "image_path_too_long"),
+}
+
+
+def test_special_files_at_image_paths_are_each_that_images_failure_and_the_plate_completes(
+    faults_database: str,
+    amqp_url: str,
+    queue_prefix: str,
+    tmp_path: Path,
+    workers: WorkerPool,
+    analyser: Analyser,
+) -> None:
+    """A FIFO once wedged a worker in open(); a symlink loop failed a whole work item (six
+    deliveries, no failure recorded, seven good images never processed)."""
+    world = FaultWorld.create(
+        mariadb_url_for(faults_database), tmp_path / "images", amqp_url, queue_prefix, wells=5
+    )
+    world.pool = workers
+    try:
+        expected = {}
+        for image in world.plate.latest.images:
+            if image.location not in SPECIAL_FILES:
+                continue
+            kind, reason = SPECIAL_FILES[image.location]
+            expected[image.blSampleImageId] = reason
+            path = Path(image.imageFullPath)
+            if kind == "name_too_long":  # 264 bytes in one name, 130 characters in ISPyB
+                long_path = str(path.with_name("\u00e9" * 130 + ".jpg"))
+                with world.factory.begin() as session:
+                    row = session.get(t.BLSampleImage, image.blSampleImageId)
+                    assert row is not None
+                    row.imageFullPath = long_path
+            else:
+                replace_with_special_file(path, kind)
+        worker = workers.start(world.worker_env(), name="w1")
+        world.publish_inspection()
+        world.wait_until_complete(60)
+        assert worker.alive
+        assert worker.stop() == 0
+        report = world.check(analyser, expected_failures=expected)
+        assert (report.images, report.done, len(report.failed)) == (10, 3, 7)
+        assert [r for r in worker.events("message_done") if r["outcome"] != "acked"] == []
+        assert worker.events("message_failed_unexpectedly") == []
+    finally:
+        world.close()
 
 
 def raw_event(**fields: object) -> bytes:
