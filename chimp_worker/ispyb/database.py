@@ -156,6 +156,21 @@ def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def probe_database(session_factory: sessionmaker[Session]) -> str | None:
+    """``SELECT 1`` through the worker's own pool: None when the database answers, else why
+    not (any error: an outage, a refused login, a server shutting down)."""
+    from sqlalchemy import text
+
+    try:
+        with session_factory() as session:
+            session.execute(text("SELECT 1")).all()
+    except (exc.SQLAlchemyError, sqlite3.Error) as error:
+        return describe(error)
+    except OSError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 # Errors no retry can fix: the worker's credentials, grants or schema are wrong. A daemon that
 # met these per message would dead-letter every message; it must refuse to start instead.
 ACCESS_MYSQL_CODES: Mapping[int, str] = {
