@@ -103,7 +103,10 @@ class WorkOutcome:
     written: tuple[int, ...] = ()  # results stored (new or unchanged)
     failed: dict[int, str] = field(default_factory=dict)  # image id -> reason
     skipped: tuple[int, ...] = ()  # asked for, already done with these model files
-    completed_inspection: bool = False  # this call completed the inspection (exactly once)
+    # this call completed the inspection (exactly once), or changed a stored outcome of one
+    # already complete (its summary recounted, results-ready owed again)
+    completed_inspection: bool = False
+    changed: bool = False  # a result or failure was stored that differs from what was there
     analyser: str = ""
     schema_name: str = ""
     seconds: float = 0.0
@@ -234,8 +237,10 @@ class Pipeline:
             report = _Reporter(inspection_id, len(todo) + len(skipped), progress)
             for image_id in skipped:
                 report(image_id, "skipped", None, 0.0)
-            written, failed = self._run(todo, report, beat)
-            completed = db.try_complete_inspection(self.session_factory, inspection_id)
+            written, failed, changed = self._run(todo, report, beat)
+            completed = db.try_complete_inspection(
+                self.session_factory, inspection_id, changed=changed
+            )
             outcome = WorkOutcome(
                 inspection_id=inspection_id,
                 image_count=len(images),
@@ -243,6 +248,7 @@ class Pipeline:
                 failed=failed,
                 skipped=skipped,
                 completed_inspection=completed,
+                changed=changed,
                 analyser=self.analyser.name,
                 schema_name=self.analyser.schema_name,
                 seconds=time.perf_counter() - started,
@@ -260,13 +266,15 @@ class Pipeline:
 
     def _run(
         self, todo: list[InspectionImage], report: _Reporter, beat: Heartbeat
-    ) -> tuple[list[int], dict[int, str]]:
-        """Fetch batch n+1 on a helper thread while batch n is analysed and written."""
+    ) -> tuple[list[int], dict[int, str], bool]:
+        """Fetch batch n+1 on a helper thread while batch n is analysed and written; returns
+        the images written, those failed, and whether any stored outcome changed."""
         written: list[int] = []
         failed: dict[int, str] = {}
+        changed_any = False
         batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
         if not batches:
-            return written, failed
+            return written, failed, changed_any
         pending = self._fetch_later(batches[0])
         for number, batch in enumerate(batches):
             # each image's fetch has its own deadline, so this wait is bounded too
@@ -279,15 +287,16 @@ class Pipeline:
                 image_id = item.image.blSampleImageId
                 with structlog.contextvars.bound_contextvars(blsample_image_id=image_id):
                     if isinstance(result, ImageFailure):
-                        self._record_failure(image_id, result)
+                        changed_any |= self._record_failure(image_id, result)
                         failed[image_id] = result.reason
                         report(image_id, "failed", result.reason, seconds)
                     else:
                         changed = self._write(image_id, result)
+                        changed_any |= changed
                         written.append(image_id)
                         report(image_id, "done" if changed else "unchanged", None, seconds)
                 beat.beat("writing results")
-        return written, failed
+        return written, failed, changed_any
 
     def _fetch_later(self, batch: list[InspectionImage]) -> Future[list[_Fetched]]:
         """Fetch a batch on a daemon thread (never joined at exit: see deadlines.py)."""
@@ -405,11 +414,12 @@ class Pipeline:
             self.session_factory, image_id, analysis, queueable_targets=queueable
         ).changed
 
-    def _record_failure(self, image_id: int, error: ImageFailure) -> None:
+    def _record_failure(self, image_id: int, error: ImageFailure) -> bool:
+        """Record the failure; True unless that exact failure was already recorded."""
         from chimp_worker.ispyb.writer import record_image_failure
 
         log.warning("image_failed", reason=error.reason, detail=str(error))
-        record_image_failure(
+        return record_image_failure(
             self.session_factory, image_id, error.reason, str(error), self.analyser.name
         )
 

@@ -6,6 +6,11 @@ the inspection has a ``done`` or ``failed`` row, a conditional ``UPDATE ... WHER
 finished, but the row lock lets exactly one UPDATE match, so exactly one caller gets True and
 publishes the results-ready event.
 
+A re-published event that changes a stored outcome of an inspection already done (a repaired
+image now done, a new model's result) recounts its summary and owes its announcement again:
+``try_complete_inspection(..., changed=True)`` returns True for it too, so the caller
+publishes results-ready once more. An event that changes nothing announces nothing.
+
 Announcing is the second phase: the completion commit and the publish cannot share a
 transaction, so ``resultsPublishedAt`` is set only after the broker confirmed results-ready.
 A worker killed in between leaves the inspection done with ``resultsPublishedAt`` NULL, which
@@ -181,8 +186,15 @@ def _ensure_inspection_row(session_factory: sessionmaker[Session], inspection_id
         pass  # another worker inserted it first: exactly what we wanted
 
 
-def try_complete_inspection(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
-    """Mark the inspection done if every image is done or failed; True only for the winner."""
+def try_complete_inspection(
+    session_factory: sessionmaker[Session], inspection_id: int, *, changed: bool = False
+) -> bool:
+    """Mark the inspection done if every image is done or failed; True only for the winner.
+
+    With ``changed`` (the caller's unit changed a stored result or failure), an inspection
+    that is already done gets its counts and ``completedAt`` refreshed and its results-ready
+    owed again (``resultsPublishedAt`` cleared): True as well, so the caller announces it.
+    """
     _ensure_inspection_row(session_factory, inspection_id)
     with transaction(session_factory) as session:
         total, done, failed = session.execute(
@@ -200,21 +212,33 @@ def try_complete_inspection(session_factory: sessionmaker[Session], inspection_i
         ).one()
         if total == 0 or done + failed < total:
             return False
+        summary = {
+            "state": "done",
+            "imageCount": total,
+            "doneCount": done,
+            "failedCount": failed,
+            "completedAt": utcnow(),
+            "resultsPublishedAt": None,
+        }
         result = session.execute(
             update(ChimpInspection)
             .where(ChimpInspection.containerInspectionId == inspection_id)
             .where(ChimpInspection.state == "pending")
-            .values(
-                state="done",
-                imageCount=total,
-                doneCount=done,
-                failedCount=failed,
-                completedAt=utcnow(),
-                resultsPublishedAt=None,
-            )
+            .values(**summary)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        if result.rowcount == 1:
+            return True
+        if not changed:
+            return False
+        refreshed = session.execute(
+            update(ChimpInspection)
+            .where(ChimpInspection.containerInspectionId == inspection_id)
+            .where(ChimpInspection.state == "done")
+            .values(**summary)
+            .execution_options(synchronize_session=False)
+        )
+        return refreshed.rowcount == 1
 
 
 def results_pending_publication(

@@ -18,7 +18,9 @@ from chimp_worker.ispyb.progress import (
     images_needing_work,
     inspection_images,
     mark_images_pending,
+    mark_results_published,
     reopen_inspection,
+    results_pending_publication,
     try_complete_inspection,
 )
 from chimp_worker.ispyb.worker_tables import ChimpImageResult, ChimpInspection
@@ -82,6 +84,26 @@ def test_completion_waits_for_every_image_then_fires_once(
         assert row.completedAt is not None
     assert reopen_inspection(factory, plate.inspectionId)
     assert try_complete_inspection(factory, plate.inspectionId)
+
+
+def test_a_changed_outcome_of_a_done_inspection_recounts_it_and_owes_its_announcement(
+    factory: sessionmaker[Session], plate: Plate
+) -> None:
+    *first, last = plate.imageIds
+    for image_id in first:
+        write_image_result(factory, image_id, make_analysis())
+    record_image_failure(factory, last, "image_missing", "gone", "chimp")
+    assert try_complete_inspection(factory, plate.inspectionId)
+    assert mark_results_published(factory, plate.inspectionId)
+    write_image_result(factory, last, make_analysis())  # the file was restored
+    assert not try_complete_inspection(factory, plate.inspectionId)  # unchanged: no news
+    assert try_complete_inspection(factory, plate.inspectionId, changed=True)
+    with factory() as session:
+        row = session.get(ChimpInspection, plate.inspectionId)
+        assert row is not None
+        assert (row.state, row.imageCount, row.doneCount, row.failedCount) == ("done", 4, 4, 0)
+        assert row.resultsPublishedAt is None
+    assert results_pending_publication(factory, plate.inspectionId)
 
 
 def test_inspection_without_images_never_completes(factory: sessionmaker[Session]) -> None:
