@@ -224,6 +224,7 @@ class Pipeline:
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(inspection_id=inspection_id):
             images = db.inspection_images(self.session_factory, inspection_id)
+            was_done = db.inspection_done(self.session_factory, inspection_id)
             by_id = {image.blSampleImageId: image for image in images}
             asked = [image.blSampleImageId for image in images] if image_ids is None else image_ids
             _require_known(inspection_id, asked, set(by_id))
@@ -239,7 +240,7 @@ class Pipeline:
                 report(image_id, "skipped", None, 0.0)
             written, failed, changed = self._run(todo, report, beat)
             completed = db.try_complete_inspection(
-                self.session_factory, inspection_id, changed=changed
+                self.session_factory, inspection_id, changed_after_completion=changed and was_done
             )
             outcome = WorkOutcome(
                 inspection_id=inspection_id,

@@ -8,8 +8,8 @@ publishes the results-ready event.
 
 A re-published event that changes a stored outcome of an inspection already done (a repaired
 image now done, a new model's result) recounts its summary and owes its announcement again:
-``try_complete_inspection(..., changed=True)`` returns True for it too, so the caller
-publishes results-ready once more. An event that changes nothing announces nothing.
+``try_complete_inspection`` returns True for it too, so the caller publishes results-ready
+once more. An event that changes nothing announces nothing.
 
 Announcing is the second phase: the completion commit and the publish cannot share a
 transaction, so ``resultsPublishedAt`` is set only after the broker confirmed results-ready.
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -187,13 +187,18 @@ def _ensure_inspection_row(session_factory: sessionmaker[Session], inspection_id
 
 
 def try_complete_inspection(
-    session_factory: sessionmaker[Session], inspection_id: int, *, changed: bool = False
+    session_factory: sessionmaker[Session],
+    inspection_id: int,
+    *,
+    changed_after_completion: bool = False,
 ) -> bool:
     """Mark the inspection done if every image is done or failed; True only for the winner.
 
-    With ``changed`` (the caller's unit changed a stored result or failure), an inspection
-    that is already done gets its counts and ``completedAt`` refreshed and its results-ready
-    owed again (``resultsPublishedAt`` cleared): True as well, so the caller announces it.
+    An inspection already done is completed *again* -- counts and ``completedAt`` refreshed,
+    results-ready owed once more (``resultsPublishedAt`` cleared), True -- when its stored
+    counts are out of date (a failed image is done now), or when the caller changed a stored
+    outcome of it after it was complete (``changed_after_completion``: a new model's result).
+    Two workers racing to finish the last images of a plate complete it once, as before.
     """
     _ensure_inspection_row(session_factory, inspection_id)
     with transaction(session_factory) as session:
@@ -229,16 +234,33 @@ def try_complete_inspection(
         )
         if result.rowcount == 1:
             return True
-        if not changed:
-            return False
+        again = update(ChimpInspection).where(
+            ChimpInspection.containerInspectionId == inspection_id,
+            ChimpInspection.state == "done",
+        )
+        if not changed_after_completion:
+            again = again.where(
+                or_(
+                    ChimpInspection.imageCount != total,
+                    ChimpInspection.doneCount != done,
+                    ChimpInspection.failedCount != failed,
+                )
+            )
         refreshed = session.execute(
-            update(ChimpInspection)
-            .where(ChimpInspection.containerInspectionId == inspection_id)
-            .where(ChimpInspection.state == "done")
-            .values(**summary)
-            .execution_options(synchronize_session=False)
+            again.values(**summary).execution_options(synchronize_session=False)
         )
         return refreshed.rowcount == 1
+
+
+def inspection_done(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
+    """Whether the inspection was completed (by any worker) already."""
+    with transaction(session_factory) as session:
+        state = session.scalar(
+            select(ChimpInspection.state).where(
+                ChimpInspection.containerInspectionId == inspection_id
+            )
+        )
+    return state == "done"
 
 
 def results_pending_publication(

@@ -96,13 +96,18 @@ def test_a_changed_outcome_of_a_done_inspection_recounts_it_and_owes_its_announc
     assert try_complete_inspection(factory, plate.inspectionId)
     assert mark_results_published(factory, plate.inspectionId)
     write_image_result(factory, last, make_analysis())  # the file was restored
-    assert not try_complete_inspection(factory, plate.inspectionId)  # unchanged: no news
-    assert try_complete_inspection(factory, plate.inspectionId, changed=True)
+    assert try_complete_inspection(factory, plate.inspectionId)  # the counts are out of date
     with factory() as session:
         row = session.get(ChimpInspection, plate.inspectionId)
         assert row is not None
         assert (row.state, row.imageCount, row.doneCount, row.failedCount) == ("done", 4, 4, 0)
         assert row.resultsPublishedAt is None
+    assert results_pending_publication(factory, plate.inspectionId)
+    assert mark_results_published(factory, plate.inspectionId)
+    assert not try_complete_inspection(factory, plate.inspectionId)  # nothing new: no news
+    # a new model's result for a done image leaves the counts as they were
+    write_image_result(factory, last, make_analysis(models=(CLASSIFIER,)))
+    assert try_complete_inspection(factory, plate.inspectionId, changed_after_completion=True)
     assert results_pending_publication(factory, plate.inspectionId)
 
 
