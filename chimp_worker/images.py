@@ -15,8 +15,8 @@ from __future__ import annotations
 import errno
 import io
 import os
+import queue
 import stat
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -399,7 +399,9 @@ class HttpSource:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
-        self._local = threading.local()
+        # Idle sessions, each used by one fetch at a time: their connection pools are reused
+        # whichever thread fetches next (the pipeline fetches each image on a fresh thread).
+        self._idle: queue.SimpleQueue[requests.Session] = queue.SimpleQueue()
 
     def url_for(self, image_full_path: str, blsample_image_id: int | None = None) -> str:
         if _has_parent_segment(image_full_path):
@@ -429,25 +431,30 @@ class HttpSource:
             before_sleep=_log_retry(url),
             reraise=True,
         )
+        session = self._take_session()
         try:
-            data = retrying(self._download, url, image_full_path)
+            data = retrying(self._download, session, url, image_full_path)
         except _RetryableFetchError as exc:
             raise exc.error from None
+        finally:
+            self._idle.put(session)  # not reached by a fetch abandoned at its deadline
         fetch_ms = (time.perf_counter() - started) * 1000
         return _with_fetch_time(decode_image(data, url, self.max_pixels), fetch_ms)
 
     def close(self) -> None:
-        session = getattr(self._local, "session", None)
-        if session is not None:
-            session.close()
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
+    def _take_session(self) -> requests.Session:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
             session = requests.Session()
             session.headers["User-Agent"] = "chimp-worker"
-            self._local.session = session
-        return session
+            return session
 
     def _check_host(self, url: str, image_full_path: str) -> None:
         if urlsplit(url).netloc.lower() != self.host:
@@ -455,12 +462,12 @@ class HttpSource:
                 f"{image_full_path}: URL {url} is not on the configured image host {self.host}"
             )
 
-    def _download(self, url: str, image_full_path: str) -> bytes:
+    def _download(self, session: requests.Session, url: str, image_full_path: str) -> bytes:
         """One attempt, following at most three redirects on the same host."""
         deadline = time.monotonic() + 4 * self.timeout_s
         for _ in range(4):
             try:
-                response = self._session().get(
+                response = session.get(
                     url, timeout=self.timeout_s, stream=True, allow_redirects=False
                 )
             except requests.Timeout as exc:
