@@ -11,8 +11,8 @@ spread over the run, and every few seconds injects a fault at random:
 - ``db-cut``: reset every worker connection to MariaDB (proxy);
 - ``db-refuse``: MariaDB refuses every connection for 10-30 s (proxy; a restart or fail-over);
 - ``sigkill``: SIGKILL one worker and restart it a second later, as systemd would;
-- ``hostile-json``: a body that broke the decoder once (400 KB of nesting, a 5,000-digit id,
-  NaN, a lone surrogate escape, a duplicate key, not JSON) on the events queue;
+- ``hostile-json``: every body that broke the decoder once (400 KB of nesting, a 5,000-digit
+  id, NaN, a lone surrogate escape, a duplicate key, not JSON) on the events queue;
 - ``duplicate-event``: one inspection's event published twice at once (both workers plan it).
 
 Besides, one plate in four has a FIFO, a symbolic-link loop, a link to itself or a socket at
@@ -260,15 +260,15 @@ def inject(soak: Soak, rng: random.Random, bag: list[str], publisher: Publisher)
         soak.db_proxy.refuse()
         soak.refused_until = time.monotonic() + seconds
         detail = f" for {seconds:.0f} s"
-    elif fault == "hostile-json":
-        reason = rng.choice(sorted(HOSTILE_BODIES))
+    elif fault == "hostile-json":  # every kind at once
         probe = RabbitProbe(soak.settings().amqp_url)
         try:
-            probe.publish_raw(soak.settings().events_queue, HOSTILE_BODIES[reason])
+            for reason, body in HOSTILE_BODIES.items():
+                probe.publish_raw(soak.settings().events_queue, body)
+                soak.hostile[reason] += 1
         finally:
             probe.close()
-        soak.hostile[reason] += 1
-        detail = f" ({reason})"
+        detail = f" ({len(HOSTILE_BODIES)} bodies)"
     elif fault == "duplicate-event":
         inspection = max(soak.published, key=soak.published.__getitem__)  # the latest
         for _ in range(2):
