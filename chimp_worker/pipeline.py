@@ -103,8 +103,8 @@ class WorkOutcome:
     written: tuple[int, ...] = ()  # results stored (new or unchanged)
     failed: dict[int, str] = field(default_factory=dict)  # image id -> reason
     skipped: tuple[int, ...] = ()  # asked for, already done with these model files
-    # this call completed the inspection (exactly once), or changed a stored outcome of one
-    # already complete (its summary recounted, results-ready owed again)
+    # this call completed the inspection (exactly once), or changed the counts of one already
+    # complete (a failed image now done: its summary recounted, results-ready owed again)
     completed_inspection: bool = False
     changed: bool = False  # a result or failure was stored that differs from what was there
     analyser: str = ""
@@ -224,7 +224,6 @@ class Pipeline:
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(inspection_id=inspection_id):
             images = db.inspection_images(self.session_factory, inspection_id)
-            was_done = db.inspection_done(self.session_factory, inspection_id)
             by_id = {image.blSampleImageId: image for image in images}
             asked = [image.blSampleImageId for image in images] if image_ids is None else image_ids
             _require_known(inspection_id, asked, set(by_id))
@@ -239,9 +238,7 @@ class Pipeline:
             for image_id in skipped:
                 report(image_id, "skipped", None, 0.0)
             written, failed, changed = self._run(todo, report, beat)
-            completed = db.try_complete_inspection(
-                self.session_factory, inspection_id, changed_after_completion=changed and was_done
-            )
+            completed = db.try_complete_inspection(self.session_factory, inspection_id)
             outcome = WorkOutcome(
                 inspection_id=inspection_id,
                 image_count=len(images),

@@ -6,10 +6,10 @@ the inspection has a ``done`` or ``failed`` row, a conditional ``UPDATE ... WHER
 finished, but the row lock lets exactly one UPDATE match, so exactly one caller gets True and
 publishes the results-ready event.
 
-A re-published event that changes a stored outcome of an inspection already done (a repaired
-image now done, a new model's result) recounts its summary and owes its announcement again:
-``try_complete_inspection`` returns True for it too, so the caller publishes results-ready
-once more. An event that changes nothing announces nothing.
+A re-published event that changes the counts of an inspection already done (a repaired image
+now done) recounts its summary and owes its announcement again: ``try_complete_inspection``
+returns True for it too, so the caller publishes results-ready once more. An event that
+changes nothing announces nothing.
 
 Announcing is the second phase: the completion commit and the publish cannot share a
 transaction, so ``resultsPublishedAt`` is set only after the broker confirmed results-ready.
@@ -186,19 +186,15 @@ def _ensure_inspection_row(session_factory: sessionmaker[Session], inspection_id
         pass  # another worker inserted it first: exactly what we wanted
 
 
-def try_complete_inspection(
-    session_factory: sessionmaker[Session],
-    inspection_id: int,
-    *,
-    changed_after_completion: bool = False,
-) -> bool:
+def try_complete_inspection(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
     """Mark the inspection done if every image is done or failed; True only for the winner.
 
     An inspection already done is completed *again* -- counts and ``completedAt`` refreshed,
-    results-ready owed once more (``resultsPublishedAt`` cleared), True -- when its stored
-    counts are out of date (a failed image is done now), or when the caller changed a stored
-    outcome of it after it was complete (``changed_after_completion``: a new model's result).
-    Two workers racing to finish the last images of a plate complete it once, as before.
+    results-ready owed once more (``resultsPublishedAt`` cleared), True for the caller whose
+    update applied -- when its stored counts are out of date: an image that had failed is done
+    now (or the reverse). Two workers racing to finish the last images of a plate complete it
+    once, as before; new results that leave the counts as they were (a replay with new model
+    files) are announced by the replay, which reopens the inspection.
     """
     _ensure_inspection_row(session_factory, inspection_id)
     with transaction(session_factory) as session:
@@ -234,33 +230,21 @@ def try_complete_inspection(
         )
         if result.rowcount == 1:
             return True
-        again = update(ChimpInspection).where(
-            ChimpInspection.containerInspectionId == inspection_id,
-            ChimpInspection.state == "done",
-        )
-        if not changed_after_completion:
-            again = again.where(
+        refreshed = session.execute(
+            update(ChimpInspection)
+            .where(
+                ChimpInspection.containerInspectionId == inspection_id,
+                ChimpInspection.state == "done",
                 or_(
                     ChimpInspection.imageCount != total,
                     ChimpInspection.doneCount != done,
                     ChimpInspection.failedCount != failed,
-                )
+                ),
             )
-        refreshed = session.execute(
-            again.values(**summary).execution_options(synchronize_session=False)
+            .values(**summary)
+            .execution_options(synchronize_session=False)
         )
         return refreshed.rowcount == 1
-
-
-def inspection_done(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
-    """Whether the inspection was completed (by any worker) already."""
-    with transaction(session_factory) as session:
-        state = session.scalar(
-            select(ChimpInspection.state).where(
-                ChimpInspection.containerInspectionId == inspection_id
-            )
-        )
-    return state == "done"
 
 
 def results_pending_publication(
