@@ -89,42 +89,62 @@ def test_work_that_stops_moving_turns_liveness_unhealthy_and_sigterm_still_ends_
     work item while the I/O loop turns on: liveness must say so, by every channel."""
     port = free_port()
     alive_file = tmp_path / "alive"
-    worker = workers.start(
-        world.worker_env(
-            work_stall_timeout_s=3,
-            metrics_port=port,
-            liveness_file=alive_file,
-            grace_period_s=2,
-        ),
-        name="w1",
-        hooks=world.hooks(after_write_pause_s=100_000, after_write_limit=1),
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(0.2)
+    env = world.worker_env(
+        work_stall_timeout_s=3,
+        metrics_port=port,
+        liveness_file=alive_file,
+        grace_period_s=2,
     )
-    worker.wait_for_log("broker_session_open")
-    wait_until(lambda: healthz(port)[0] == 200, 10, "/healthz ok while the worker is idle")
-    world.publish_inspection()
-    world.hook_events.wait_for("written", worker=worker)
-    wait_until(lambda: healthz(port)[0] == 503, 20, "/healthz to report the stalled work")
-    status, text = healthz(port)
-    assert status == 503
-    assert "stopped moving" in text
-    assert "work message" in text
-    stalled = worker.wait_for_log("work_stalled", timeout_s=5)
-    assert stalled["level"] == "error"
-    touched = alive_file.stat().st_mtime
-    time.sleep(2.5)
-    assert alive_file.stat().st_mtime == touched, "the liveness file is no longer touched"
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    assert b"chimp_work_stalled 1.0" in metrics
+    env |= {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+    worker = workers.start(
+        env, name="w1", hooks=world.hooks(after_write_pause_s=100_000, after_write_limit=1)
+    )
+    try:
+        worker.wait_for_log("broker_session_open")
+        wait_until(lambda: healthz(port)[0] == 200, 10, "/healthz ok while the worker is idle")
+        assert "WATCHDOG=1" in datagrams(notify, 1.5), "the watchdog is pinged while healthy"
+        world.publish_inspection()
+        world.hook_events.wait_for("written", worker=worker)
+        wait_until(lambda: healthz(port)[0] == 503, 20, "/healthz to report the stalled work")
+        status, text = healthz(port)
+        assert status == 503
+        assert "stopped moving" in text
+        assert "work message" in text
+        stalled = worker.wait_for_log("work_stalled", timeout_s=5)
+        assert stalled["level"] == "error"
+        datagrams(notify, 0.5)  # drop pings sent before the verdict
+        touched = alive_file.stat().st_mtime
+        assert "WATCHDOG=1" not in datagrams(notify, 2.5), "no watchdog ping while stalled"
+        assert alive_file.stat().st_mtime == touched, "the liveness file is no longer touched"
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert b"chimp_work_stalled 1.0" in metrics
 
-    sent = time.monotonic()
-    worker.signal(signal.SIGTERM)
-    assert worker.wait(2 + 15) == 0
-    assert time.monotonic() - sent < 2 + 10
+        sent = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(2 + 15) == 0
+        assert time.monotonic() - sent < 2 + 10
+    finally:
+        notify.close()
     assert worker.events("grace_expired_requeueing")
     restarted = workers.start(world.worker_env(), name="w1-restarted")
     world.wait_until_complete(60)
     assert restarted.stop() == 0
     world.check(analyser)
+
+
+def datagrams(sock: socket.socket, seconds: float) -> list[str]:
+    """Every notify datagram that arrives within ``seconds``."""
+    received = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            received.append(sock.recv(200).decode())
+        except TimeoutError:
+            continue
+    return received
 
 
 def test_sigterm_ends_a_worker_whose_read_never_returns_and_the_message_goes_back(
