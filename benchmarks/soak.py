@@ -9,22 +9,35 @@ spread over the run, and every few seconds injects a fault at random:
 
 - ``amqp-cut``: reset every worker connection to RabbitMQ (proxy);
 - ``db-cut``: reset every worker connection to MariaDB (proxy);
-- ``sigkill``: SIGKILL one worker and restart it a second later, as systemd would.
+- ``db-refuse``: MariaDB refuses every connection for 10-30 s (proxy; a restart or fail-over);
+- ``sigkill``: SIGKILL one worker and restart it a second later, as systemd would;
+- ``hostile-json``: every body that broke the decoder once (400 KB of nesting, a 5,000-digit
+  id, NaN, a lone surrogate escape, a duplicate key, not JSON) on the events queue;
+- ``duplicate-event``: one inspection's event published twice at once (both workers plan it).
+
+Besides, one plate in four has a FIFO, a symbolic-link loop, a link to itself or a socket at
+one image's path.
 
 When the time is up it lets the workers drain, stops them with SIGTERM, and checks every
-plate: each image exactly one result or recorded failure, no duplicate or orphan rows, one
-results-ready per inspection, nothing dead-lettered. It prints messages processed, images per
-second, faults survived, rows lost and duplicates; exit status 1 if anything was lost or
-doubled. Results-ready is at least once: a repeat is reported (with who sent it), not failed.
-A benchmark, not a test: figures vary with the machine and its load.
+plate: each image exactly one result or recorded failure (the special files failed with
+their own reason, every other image done), no duplicate or orphan rows, one results-ready per
+inspection, every hostile body dead-lettered with its reason and nothing else dead-lettered,
+no work reported stalled, every worker gone within its grace period after SIGTERM. It prints
+messages processed, images per second, faults survived, lost, duplicated and wedged; exit
+status 1 if anything was lost, doubled or wedged. Results-ready is at least once: a repeat is
+reported (with who sent it), not failed. A benchmark, not a test: figures vary with the
+machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +63,7 @@ from helpers.tcp_proxy import TcpProxy  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from chimp_worker.baseline import BaselineAnalyser  # noqa: E402
-from chimp_worker.broker import Publisher  # noqa: E402
+from chimp_worker.broker import HEADER_REASON, Publisher  # noqa: E402
 from chimp_worker.config import Settings, load_settings  # noqa: E402
 from chimp_worker.events import InspectionCompleted  # noqa: E402
 from chimp_worker.images import FilesystemSource  # noqa: E402
@@ -70,7 +83,25 @@ from chimp_worker.ispyb.writer import (  # noqa: E402
 from chimp_worker.mock_imager.plate import MockPlate  # noqa: E402
 
 AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
-FAULTS = ("amqp-cut", "db-cut", "sigkill")
+FAULTS = ("amqp-cut", "db-cut", "db-refuse", "sigkill", "hostile-json", "duplicate-event")
+GRACE_PERIOD_S = 20
+_HEAD = b'{"type": "inspection.completed", "version": 1, "containerInspectionId": '
+# reason the worker must dead-letter it with -> a hostile body
+HOSTILE_BODIES = {
+    "event_too_deep": b"[" * 200_000 + b"]" * 200_000,
+    "event_number_too_long": _HEAD + b"9" * 5000 + b"}",
+    "event_not_finite": _HEAD + b"NaN}",
+    "event_bad_unicode": _HEAD + b'1, "barcode": "\\ud800"}',
+    "event_duplicate_key": _HEAD + b'1, "priority": 1, "priority": 2}',
+    "event_not_json": b"{not json",
+}
+# what one plate in four has at one image's path -> the reason recorded for that image
+SPECIAL_FILES = {
+    "fifo": "image_not_a_file",
+    "symlink_loop": "image_symlink_loop",
+    "self_loop": "image_symlink_loop",
+    "socket": "image_not_a_file",
+}
 
 
 @dataclass
@@ -88,6 +119,9 @@ class Soak:
     retired: list[WorkerProcess] = field(default_factory=list)  # killed incarnations
     faults: Counter[str] = field(default_factory=Counter)
     published: dict[int, float] = field(default_factory=dict)  # inspection -> time
+    special: dict[int, str] = field(default_factory=dict)  # image id -> expected reason
+    hostile: Counter[str] = field(default_factory=Counter)  # reason -> bodies published
+    refused_until: float | None = None  # the database proxy refuses until then
 
     @property
     def direct_url(self) -> str:
@@ -126,7 +160,7 @@ class Soak:
             "CHIMP_RETRY_INITIAL_WAIT_S": "0.2",
             "CHIMP_RETRY_MAX_WAIT_S": "3",
             "CHIMP_PUBLISH_TIMEOUT_S": "10",
-            "CHIMP_GRACE_PERIOD_S": "20",
+            "CHIMP_GRACE_PERIOD_S": str(GRACE_PERIOD_S),
         }
 
     def published_plates(self) -> list[MockPlate]:
@@ -179,22 +213,67 @@ def prepare(args: argparse.Namespace, scratch: Path) -> Soak:
                 flavour="vmxi" if number % 2 == 0 else "xchem",
             )
         )
+    for number, plate in enumerate(soak.plates):
+        if number % 4 != 1:
+            continue
+        kind = list(SPECIAL_FILES)[(number // 4) % len(SPECIAL_FILES)]
+        image = plate.latest.images[number % len(plate.latest.images)]
+        make_special_file(Path(image.imageFullPath), kind)
+        soak.special[image.blSampleImageId] = SPECIAL_FILES[kind]
     probe = RabbitProbe(soak.settings().amqp_url)
     probe.declare(soak.settings())
     probe.close()
     return soak
 
 
-def inject(soak: Soak, rng: random.Random, bag: list[str]) -> None:
+def make_special_file(path: Path, kind: str) -> None:
+    """Replace an image file by something that is not a regular file."""
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink_loop":
+        partner = path.with_name(path.name + ".partner")
+        path.symlink_to(partner)
+        partner.symlink_to(path)
+    elif kind == "self_loop":
+        path.symlink_to(path)
+    else:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+
+
+def inject(soak: Soak, rng: random.Random, bag: list[str], publisher: Publisher) -> None:
     """The next fault from a shuffled bag of every kind: random order, every kind injected."""
     if not bag:
         bag.extend(rng.sample(FAULTS, len(FAULTS)))
     fault = bag.pop()
+    if fault == "db-refuse" and soak.refused_until is not None:
+        fault = "db-cut"  # already refusing: cut instead
     soak.faults[fault] += 1
+    detail = ""
     if fault == "amqp-cut":
         soak.amqp_proxy.cut()
     elif fault == "db-cut":
         soak.db_proxy.cut()
+    elif fault == "db-refuse":
+        seconds = rng.uniform(10, 30)
+        soak.db_proxy.refuse()
+        soak.refused_until = time.monotonic() + seconds
+        detail = f" for {seconds:.0f} s"
+    elif fault == "hostile-json":  # every kind at once
+        probe = RabbitProbe(soak.settings().amqp_url)
+        try:
+            for reason, body in HOSTILE_BODIES.items():
+                probe.publish_raw(soak.settings().events_queue, body)
+                soak.hostile[reason] += 1
+        finally:
+            probe.close()
+        detail = f" ({len(HOSTILE_BODIES)} bodies)"
+    elif fault == "duplicate-event":
+        inspection = max(soak.published, key=soak.published.__getitem__)  # the latest
+        for _ in range(2):
+            publisher.publish(InspectionCompleted(containerInspectionId=inspection))
+        detail = f" (inspection {inspection})"
     else:
         name = rng.choice(sorted(soak.workers))
         victim = soak.workers.pop(name)
@@ -202,7 +281,15 @@ def inject(soak: Soak, rng: random.Random, bag: list[str]) -> None:
         soak.retired.append(victim)
         time.sleep(1.0)  # RestartSec
         soak.start_worker(name)
-    log(f"fault: {fault}")
+    log(f"fault: {fault}{detail}")
+
+
+def restore_database(soak: Soak, *, now: float | None = None) -> None:
+    """End a db-refuse once its time is up (or at once without ``now``)."""
+    if soak.refused_until is not None and (now is None or now >= soak.refused_until):
+        soak.db_proxy.restore()
+        soak.refused_until = None
+        log("database answers again")
 
 
 def completed(soak: Soak, factory: Any) -> set[int]:
@@ -243,8 +330,9 @@ def run(soak: Soak) -> tuple[float, float]:
                 inspection = plate.latest.containerInspectionId
                 publisher.publish(InspectionCompleted(containerInspectionId=inspection))
                 soak.published[inspection] = now
-            if elapsed < duration and now >= next_fault:
-                inject(soak, rng, bag)
+            restore_database(soak, now=now if elapsed < duration else None)
+            if elapsed < duration and now >= next_fault and soak.published:
+                inject(soak, rng, bag, publisher)
                 next_fault = time.monotonic() + rng.uniform(args.fault_min_s, args.fault_max_s)
             newly = completed(soak, factory) - done
             if newly:
@@ -264,6 +352,7 @@ def run(soak: Soak) -> tuple[float, float]:
                     soak.start_worker(name)
             time.sleep(0.5)
     finally:
+        restore_database(soak)
         publisher.close()
         engine.dispose()
     return last_completion - started, time.monotonic() - started
@@ -279,8 +368,10 @@ class Audit:
     duplicate_rows: int = 0
     orphan_positions: int = 0
     incomplete_inspections: int = 0
+    wrong_failures: int = 0  # a special file not failed with its reason, or another image failed
     results_ready: Counter[int] = field(default_factory=Counter)
-    dead_letters: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)  # x-chimp-reason -> count
+    left_in_queues: int = 0
 
 
 def audit(soak: Soak) -> Audit:
@@ -304,6 +395,10 @@ def audit(soak: Soak) -> Audit:
                 settled = {i: r for i, r in rows.items() if r.state in ("done", "failed")}
                 report.settled += len(settled)
                 report.failed += sum(1 for r in settled.values() if r.state == "failed")
+                for image_id, row in settled.items():
+                    wanted = soak.special.get(image_id)
+                    got = row.failureReason if row.state == "failed" else None
+                    report.wrong_failures += int(got != wanted)
                 report.lost += len(ids) - len(settled)
                 inspection = session.get(ChimpInspection, plate.latest.containerInspectionId)
                 if inspection is None or inspection.state != "done":
@@ -373,13 +468,30 @@ def audit(soak: Soak) -> Audit:
     try:
         for message in probe.take_all(settings.results_queue):
             report.results_ready[message.json["containerInspectionId"]] += 1
-        report.dead_letters = probe.count(f"dlq.{settings.events_queue}") + probe.count(
-            f"dlq.{settings.work_queue}"
-        )
-        report.dead_letters += probe.count(settings.events_queue) + probe.count(settings.work_queue)
+        for queue in (settings.events_queue, settings.work_queue):
+            for message in probe.take_all(f"dlq.{queue}"):
+                reason = str(message.headers.get(HEADER_REASON, "x-death: delivery limit"))
+                report.dead_letters[f"{queue.rsplit('.', 1)[-1]}: {reason}"] += 1
+            report.left_in_queues += probe.count(queue)
     finally:
         probe.close()
     return report
+
+
+def stop_workers(soak: Soak) -> tuple[dict[str, int], list[str]]:
+    """SIGTERM every worker; one still running past the grace period + 15 s is wedged."""
+    exits: dict[str, int] = {}
+    overstayed: list[str] = []
+    for name, worker in soak.workers.items():
+        try:
+            exits[name] = worker.stop(GRACE_PERIOD_S + 15)
+        except AssertionError:
+            overstayed.append(name)
+            exits[name] = -9
+        except subprocess.TimeoutExpired:
+            overstayed.append(name)
+            exits[name] = -9
+    return exits, overstayed
 
 
 def clean_up(soak: Soak) -> None:
@@ -417,7 +529,7 @@ def main() -> int:
         soak = prepare(args, Path(scratch))
         try:
             active_s, total_s = run(soak)
-            exits = {name: worker.stop() for name, worker in soak.workers.items()}
+            exits, overstayed = stop_workers(soak)
             records = soak.all_records()
             if args.log_dir:
                 soak.save_logs(args.log_dir)
@@ -433,7 +545,31 @@ def main() -> int:
     injected = sum(n for fault, n in soak.faults.items() if fault in FAULTS)
     duplicates = report.duplicate_rows + report.orphan_positions
     lost = report.lost + report.incomplete_inspections
-    survived = injected if lost == 0 and report.wrong_results == 0 else 0
+    hostile_expected = Counter({f"events: {r}": n for r, n in soak.hostile.items()})
+    unexpected_dead = report.dead_letters - hostile_expected
+    hostile_missing = hostile_expected - report.dead_letters
+    stalled = sum(1 for r in records if r.get("event") == "work_stalled")
+    wedged = len(overstayed) + stalled
+    special_published = sum(
+        1
+        for plate in soak.published_plates()
+        for i in plate.latest.blSampleImageIds
+        if i in soak.special
+    )
+    held = Counter(r.get("event") for r in records if r.get("event") in HOLD_EVENTS)
+    bad = (
+        lost
+        or duplicates
+        or report.wrong_results
+        or report.wrong_failures
+        or ready_missing
+        or sum(unexpected_dead.values())
+        or sum(hostile_missing.values())
+        or report.left_in_queues
+        or wedged
+        or any(exits.values())
+    )
+    survived = 0 if bad else injected
     print()
     print(
         f"soak: {args.minutes:g} min of faults, {len(soak.published)} plates, "
@@ -441,7 +577,10 @@ def main() -> int:
     )
     by_outcome = ", ".join(f"{outcome} {n}" for outcome, n in sorted(outcomes.items()))
     print(f"messages processed     {messages} ({by_outcome})")
-    print(f"images settled         {report.settled} ({report.failed} recorded failed)")
+    print(
+        f"images settled         {report.settled} ({report.failed} recorded failed: "
+        f"{special_published} special files expected, {report.wrong_failures} wrong)"
+    )
     print(
         f"images/s               {report.settled / active_s:.2f} "
         f"(first event to last completion, {active_s:.0f} s; run {total_s:.0f} s)"
@@ -452,17 +591,31 @@ def main() -> int:
     )
     print(f"faults survived        {survived}")
     print(
-        f"rows lost              {lost} ({report.lost} images without a result, "
+        "database outages       " + ", ".join(f"{event} {n}" for event, n in sorted(held.items()))
+    )
+    print(
+        f"lost                   {lost} ({report.lost} images without a result, "
         f"{report.incomplete_inspections} inspections incomplete)"
     )
     print(
-        f"duplicates             {duplicates} ({report.duplicate_rows} duplicate rows, "
+        f"duplicated             {duplicates} ({report.duplicate_rows} duplicate rows, "
         f"{report.orphan_positions} orphan Position)"
+    )
+    print(
+        f"wedged                 {wedged} ({len(overstayed)} workers past the grace period "
+        f"after SIGTERM, {stalled} stalled-work reports)"
     )
     print(f"wrong results          {report.wrong_results}")
     print(f"results-ready missing  {ready_missing}")
     print(f"results-ready repeated {ready_doubled} (at least once: allowed, listed below)")
-    print(f"messages left/DLQ      {report.dead_letters}")
+    print(
+        f"dead-lettered          {sum(report.dead_letters.values())} "
+        f"({sum(hostile_expected.values())} hostile bodies published; "
+        f"{sum(unexpected_dead.values())} unexpected, {sum(hostile_missing.values())} missing)"
+    )
+    for reason, count in sorted(report.dead_letters.items()):
+        print(f"  {count} x {reason}")
+    print(f"messages left          {report.left_in_queues}")
     print(f"worker exit on SIGTERM {exits}")
     for inspection, count in sorted(report.results_ready.items()):
         if count > 1:  # at least once: show who announced it, and why
@@ -476,8 +629,16 @@ def main() -> int:
                 and r.get("inspection_id") == inspection
             ]
             print(f"  results-ready x{count} for inspection {inspection}: {announced}")
-    bad = lost or duplicates or report.wrong_results or ready_missing or any(exits.values())
     return 1 if bad else 0
+
+
+HOLD_EVENTS = (
+    "message_held_for_database",
+    "consumers_paused",
+    "consumers_resumed",
+    "database_back",
+    "message_requeued",
+)
 
 
 if __name__ == "__main__":

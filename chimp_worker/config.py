@@ -128,6 +128,33 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
+    # --- reliability: deadlines, work liveness, outages, where metrics listen ----------------
+    # (docs/reliability.md and docs/operations.md say what each one changes)
+    image_deadline_s: float = Field(
+        120.0,
+        gt=0,
+        description="longest one image's fetch, or its share of a batch's analysis, may take; "
+        "then it is abandoned as that image's failure (image_timeout, analysis_timeout)",
+    )
+    work_stall_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="liveness (/healthz, liveness file, systemd watchdog) fails when a message "
+        "in hand makes no progress this long beyond the deadline of the step it is in",
+    )
+    database_outage_hold_s: float = Field(
+        600.0,
+        ge=0,
+        description="a database that does not answer: hold the message in hand (consumers "
+        "paused) this long, retrying, before returning it to the queue; 0: return at once",
+    )
+    metrics_address: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address /metrics and /healthz listen on; 0.0.0.0 (or ::) to be scraped "
+        "from other hosts, e.g. in a container",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -15,7 +15,15 @@ Threads and who does what (the dramatiq pattern, pika's one thread-safe call):
   and logged (the broker redelivers that message; the writer is idempotent).
 - SIGTERM only sets a flag. The loop then cancels its consumers, returns messages not yet
   started, waits up to ``grace_period_s`` for those in hand (still heart-beating), requeues
-  whatever is left, closes and returns 0.
+  whatever is left, closes and returns 0. Under ``chimp-worker run`` a last-resort timer ends
+  the process ``FORCED_EXIT_MARGIN_S`` after the grace period should anything still block
+  (the broker returns the unacked messages when the connection drops).
+- Liveness follows the loop *and* the work: each message being worked on has a
+  ``WorkWatch``; one that stopped moving makes ``/healthz`` answer 503, stops the liveness
+  file and the systemd watchdog pings, so the process is restarted.
+- A database that does not answer closes the handler's ``DatabaseGate``: the loop pauses
+  its consumers (no other message is taken) while worker threads hold their messages, and
+  resumes them once the gate opens (``outage.py``).
 
 What each message leads to (ack, requeue, dead letter, results-ready) is decided by
 ``handling.MessageHandler`` on the worker thread.
@@ -46,7 +54,7 @@ from chimp_worker.errors import (
     UnroutableMessageError,
 )
 from chimp_worker.handling import Action, MessageHandler, OutgoingMessage, WorkAbandonedError
-from chimp_worker.health import HealthServer, Liveness
+from chimp_worker.health import HealthServer, Liveness, WorkWatch
 from chimp_worker.ispyb.database import check_database_access
 from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
@@ -56,6 +64,7 @@ from chimp_worker.sdnotify import SystemdNotifier
 log = get_logger(__name__)
 
 LOOP_TICK_S = 0.5  # longest the I/O loop waits before checking flags, liveness, watchdog
+FORCED_EXIT_MARGIN_S = 10.0  # after the grace period, before a stuck shutdown is cut short
 
 
 class StaleDeliveryError(BrokerUnavailableError):
@@ -75,6 +84,7 @@ class _InFlight:
     delivery: Delivery
     kind: str
     received_at: float
+    watch: WorkWatch | None = None  # set when a worker thread starts on it
 
 
 @dataclass
@@ -161,6 +171,9 @@ class Daemon:
         self._last_activity = time.monotonic()
         self._ready_sent = False
         self._failed_connects = 0
+        self._consuming = False  # consumers are started (not paused for a database outage)
+        self._draining = False  # shutting down: consumers stay cancelled
+        self._stalled_reported: str | None = None
         self._pools: dict[str, _WorkerPool] = {}
         self.handler = MessageHandler(
             settings,
@@ -178,6 +191,10 @@ class Daemon:
         """Ask the daemon to stop gracefully; safe from signal handlers and other threads."""
         self._stop_requested = True
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             self._stop_requested = True  # never touch pika or locks here
@@ -191,8 +208,15 @@ class Daemon:
             "events": _WorkerPool("chimp-events", 1, self._run_job),
             "work": _WorkerPool("chimp-work", self.settings.concurrency, self._run_job),
         }
+        analyser = self.pipeline.analyser
+        self.metrics.describe_analyser(analyser.name, analyser.schema_name, analyser.models)
         health = (
-            HealthServer(self.liveness, self.metrics.registry, port=self.settings.metrics_port)
+            HealthServer(
+                self.liveness,
+                self.metrics.registry,
+                port=self.settings.metrics_port,
+                host=self.settings.metrics_address,
+            )
             if self.settings.metrics_port
             else None
         )
@@ -232,9 +256,9 @@ class Daemon:
         )
         self._session = session
         session.open()
-        work_prefetch = self.settings.prefetch * self.settings.concurrency
-        session.consume(self.settings.events_queue, self.settings.prefetch, self._on_delivery)
-        session.consume(self.settings.work_queue, work_prefetch, self._on_delivery)
+        self._consuming = False
+        if not self.handler.gate.is_down:
+            self._start_consumers(session)
         self._failed_connects = 0  # back-off starts small again after a good session
         log.info("broker_session_open", session_id=session.session_id)
         if not self._ready_sent:
@@ -243,8 +267,15 @@ class Daemon:
         while not self._should_stop():
             self._tick(session)
 
+    def _start_consumers(self, session: BrokerSession) -> None:
+        work_prefetch = self.settings.prefetch * self.settings.concurrency
+        session.consume(self.settings.events_queue, self.settings.prefetch, self._on_delivery)
+        session.consume(self.settings.work_queue, work_prefetch, self._on_delivery)
+        self._consuming = True
+
     def _tick(self, session: BrokerSession | None) -> None:
-        """One turn of the I/O loop: network, settlements, publishes, liveness, watchdog.
+        """One turn of the I/O loop: network, settlements, publishes, consumers paused or
+        resumed for a database outage, liveness, watchdog.
 
         Without a session (backing off, or lost during shutdown) publish requests fail at once
         and settlements are dropped as stale: the broker redelivers those messages.
@@ -252,14 +283,53 @@ class Daemon:
         if session is not None:
             session.process_events(LOOP_TICK_S)
             self._drain(session)
+            if not self._draining:
+                self._follow_database_gate(session)
         else:
             time.sleep(LOOP_TICK_S / 5)
             self._fail_publish_requests(BrokerUnavailableError("not connected to the broker"))
             while not self._settlements.empty():
                 self._settle_now(None, self._settlements.get_nowait())
+        self.liveness.set_stalled(self._stalled_work())
         self.liveness.beat()
-        self.notifier.watchdog()
+        if self.liveness.is_alive():
+            self.notifier.watchdog()
         self.metrics.io_loop_beat.set_to_current_time()
+
+    def _follow_database_gate(self, session: BrokerSession) -> None:
+        """Pause consuming while the database is down (messages in hand are held); resume."""
+        down = self.handler.gate.is_down
+        self.metrics.database_down.set(1 if down else 0)
+        if down and self._consuming:
+            session.cancel_consumers()
+            self._consuming = False
+            log.warning("consumers_paused", reason="database_down", in_hand=len(self._in_flight))
+        elif not down and not self._consuming:
+            self._start_consumers(session)
+            log.info("consumers_resumed")
+
+    def _stalled_work(self) -> str | None:
+        """A description of the messages whose work stopped moving, or None."""
+        stalled = [
+            entry
+            for entry in self._in_flight.values()
+            if entry.watch is not None and entry.watch.overdue()
+        ]
+        self.metrics.work_stalled.set(len(stalled))
+        if not stalled:
+            self._stalled_reported = None
+            return None
+        entry = stalled[0]
+        assert entry.watch is not None
+        problem = (
+            f"{len(stalled)} message(s) stopped moving: {entry.kind} message "
+            f"{entry.delivery.message_id or entry.delivery.delivery_tag} silent for "
+            f"{entry.watch.silent_s():.0f} s while {entry.watch.doing}"
+        )
+        if self._stalled_reported is None:
+            log.error("work_stalled", detail=problem, work_stall_timeout_s=entry.watch.stall_s)
+        self._stalled_reported = problem
+        return problem
 
     def _should_stop(self) -> bool:
         if self._stop_requested:
@@ -385,7 +455,9 @@ class Daemon:
         """
         self.notifier.stopping("finishing messages in hand")
         log.info("worker_stopping", messages_in_hand=len(self._in_flight))
+        self._draining = True
         self._on_session(lambda session: session.cancel_consumers())
+        self._consuming = False
         deadline: float | None = None
         while self._in_flight:
             if self._stop_requested and deadline is None:
@@ -439,6 +511,10 @@ class Daemon:
         """Handle one delivery on a worker thread; always hand a settlement back."""
         action = Action.REQUEUED
         started = time.perf_counter()
+        watch = WorkWatch(self.settings.work_stall_timeout_s)
+        entry = self._in_flight.get((delivery.session_id, delivery.delivery_tag))
+        if entry is not None:  # a dict read from this thread: the I/O thread only adds/pops
+            entry.watch = watch
         context = {
             "queue": delivery.queue,
             "message_id": delivery.message_id or f"tag-{delivery.delivery_tag}",
@@ -447,7 +523,7 @@ class Daemon:
         }
         with structlog.contextvars.bound_contextvars(**context):
             try:
-                action = self.handler.handle(delivery)
+                action = self.handler.handle(delivery, heartbeat=watch)
             except WorkAbandonedError:
                 log.warning("message_abandoned_at_shutdown")
             except Exception:  # a bug or a library crash: requeue, the delivery limit decides
@@ -499,6 +575,26 @@ def run_daemon(
             log.warning("database_unreachable_at_start", detail=unreachable)
         daemon = Daemon(settings, pipeline, max_messages=max_messages, idle_exit_s=idle_exit_s)
         daemon.install_signal_handlers()
+        _exit_at_the_latest_after_grace(daemon, settings.grace_period_s + FORCED_EXIT_MARGIN_S)
         return daemon.run()
     finally:
         pipeline.close()
+
+
+def _exit_at_the_latest_after_grace(daemon: Daemon, limit_s: float) -> None:
+    """Once a stop is requested, end the process after ``limit_s`` whatever still blocks.
+
+    The orderly shutdown finishes well before (it requeues what is left when the grace period
+    ends); this catches what it cannot: a thread stuck in a call that never returns holding
+    something the exit waits on. ``os._exit`` skips that wait; the broker returns the
+    messages still unacked when the connection drops. Exit status 1: something hung.
+    """
+
+    def watch() -> None:
+        while not daemon.stop_requested:
+            time.sleep(0.2)
+        time.sleep(limit_s)
+        log.error("shutdown_forced", detail=f"still running {limit_s:g} s after the stop request")
+        os._exit(1)
+
+    threading.Thread(target=watch, name="chimp-exit-timer", daemon=True).start()

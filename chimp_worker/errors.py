@@ -94,6 +94,12 @@ class AnalysisError(PermanentError):
     reason = "analysis_failed"
 
 
+class AnalysisTimeoutError(AnalysisError):
+    """The analyser gave no result for one image within its deadline (``image_deadline_s``)."""
+
+    reason = "analysis_timeout"
+
+
 # --- database ------------------------------------------------------------------------------
 
 
@@ -101,6 +107,15 @@ class DatabaseUnavailableError(TransientError):
     """Lost connection, deadlock, lock-wait timeout: retry the whole unit of work."""
 
     reason = "database_unavailable"
+
+
+class DatabaseError(ChimpError):
+    """A database error no retry is known to fix (a revoked grant, a missing column, a trigger
+    refusing a write, a bug): neither the input's fault nor an outage. The message is
+    requeued and the delivery limit decides; the message names the server's error code and
+    text, never the SQL statement or its parameters."""
+
+    reason = "database_error"
 
 
 class UnknownImageError(PermanentError):
@@ -184,6 +199,25 @@ class ImageTimeoutError(ImageError):
 
 class ImageOutsideRootsError(ImageError):
     reason = "image_outside_roots"
+
+
+class ImageNotAFileError(ImageError):
+    """A FIFO, socket, device or directory where an image file should be: never opened (a FIFO
+    would block the reader for ever, a device could be read without end)."""
+
+    reason = "image_not_a_file"
+
+
+class ImageSymlinkLoopError(ImageError):
+    reason = "image_symlink_loop"
+
+
+class ImagePathTooLongError(ImageError):
+    reason = "image_path_too_long"
+
+
+class ImagePermissionError(ImageError):
+    reason = "image_permission_denied"
 
 
 class ImageFetchError(ImageError):

@@ -3,8 +3,13 @@
 - malformed event, unknown images, unknown inspection after bounded retries, any other
   ``PermanentError``: copied to ``dlq.<queue>`` with ``x-chimp-reason`` / ``x-chimp-detail``
   headers (confirmed), then acked;
-- ``TransientError`` (database): the unit is retried with jittered back-off, then requeued;
-  the queue's delivery limit stops a message that never succeeds;
+- ``TransientError`` (database): the unit is retried with jittered back-off; if the database
+  then does not answer at all, the message is *held* through the outage (consumers paused,
+  ``outage.py``) up to ``database_outage_hold_s`` and retried when it is back; otherwise
+  (or past the bound) it is requeued, and the queue's delivery limit stops a message that
+  never succeeds -- an outage spends at most one delivery;
+- a database error no retry is known to fix (``DatabaseError``): requeued, one log line with
+  the server's error, never the SQL;
 - an inspection event is planned into work items of ``images_per_work_item`` images that
   still need work, published with confirms, then acked; a work item goes through
   ``Pipeline.process`` and is acked after the commit;
@@ -25,6 +30,7 @@ import datetime
 import enum
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -37,6 +43,7 @@ from chimp_worker.config import Settings
 from chimp_worker.errors import (
     BrokerUnavailableError,
     ChimpError,
+    DatabaseError,
     DatabaseUnavailableError,
     EventError,
     InspectionNotVisibleError,
@@ -55,10 +62,12 @@ from chimp_worker.events import (
     results_ready_now,
 )
 from chimp_worker.ispyb import progress as db
+from chimp_worker.ispyb.database import database_errors_described, probe_database
 from chimp_worker.ispyb.writer import utcnow
 from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
-from chimp_worker.pipeline import ImageProgress, Pipeline, WorkOutcome
+from chimp_worker.outage import DatabaseGate
+from chimp_worker.pipeline import NO_HEARTBEAT, Heartbeat, ImageProgress, Pipeline, WorkOutcome
 
 log = get_logger(__name__)
 
@@ -66,6 +75,7 @@ RESULTS_READY_ATTEMPTS = 10
 # A completion this old and still unannounced has lost its announcer: a fresh message may
 # announce it too. Younger ones are left to their completer, or to its redelivered message.
 ORPHANED_COMPLETION_S = 60.0
+HOLD_POLL_S = 2.0  # a held message's heartbeat and stop check while the database is down
 T = TypeVar("T")
 
 
@@ -120,6 +130,7 @@ class MessageHandler:
         stopping: threading.Event,
         abandon: threading.Event,
         rng: random.Random | None = None,
+        gate: DatabaseGate | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -128,9 +139,27 @@ class MessageHandler:
         self._stopping = stopping  # a stop was requested: stop retrying
         self._abandon = abandon  # the grace period ran out: stop at the next image
         self._rng = rng or random.Random()
+        self.gate = gate or DatabaseGate(
+            lambda: probe_database(pipeline.session_factory), delay=self.delay, stopping=stopping
+        )
+        self._local = threading.local()  # the heartbeat of the message this thread handles
 
-    def handle(self, delivery: Delivery) -> Action:
-        """Decode, then plan or process; returns what the I/O thread must do with it."""
+    @property
+    def _beat(self) -> Heartbeat:
+        beat: Heartbeat | None = getattr(self._local, "beat", None)
+        return beat or NO_HEARTBEAT
+
+    def handle(self, delivery: Delivery, heartbeat: Heartbeat | None = None) -> Action:
+        """Decode, then plan or process; returns what the I/O thread must do with it.
+
+        ``heartbeat`` is told as the work moves (the daemon's liveness watches it)."""
+        self._local.beat = heartbeat
+        try:
+            return self._handle(delivery)
+        finally:
+            self._local.beat = None
+
+    def _handle(self, delivery: Delivery) -> Action:
         try:
             event = decode_event(delivery.body)
         except EventError as error:
@@ -148,9 +177,10 @@ class MessageHandler:
             )
         with structlog.contextvars.bound_contextvars(inspection_id=event.containerInspectionId):
             try:
-                if isinstance(event, InspectionCompleted):
-                    return self._plan(delivery, event)
-                return self._work(delivery, event)  # type: ignore[arg-type]
+                with database_errors_described():
+                    if isinstance(event, InspectionCompleted):
+                        return self._plan(delivery, event)
+                    return self._work(delivery, event)  # type: ignore[arg-type]
             except InspectionNotVisibleError as error:
                 if self._stopping.is_set():  # retries cut short by a shutdown: not its fault
                     log.warning("message_requeued", reason=error.reason, detail=str(error))
@@ -162,6 +192,9 @@ class MessageHandler:
                 )
             except TransientError as error:
                 log.warning("message_requeued", reason=error.reason, detail=str(error))
+                return Action.REQUEUED
+            except DatabaseError as error:  # not the message's fault we know of: the limit decides
+                log.error("message_requeued", reason=error.reason, detail=str(error))
                 return Action.REQUEUED
             except PermanentError as error:
                 return self._dead_letter(delivery, error)
@@ -193,7 +226,7 @@ class MessageHandler:
 
         outcome = self.retry(
             lambda: self.pipeline.process(
-                item.containerInspectionId, item.blSampleImageIds, progress
+                item.containerInspectionId, item.blSampleImageIds, progress, heartbeat=self._beat
             )
         )
         return self._announce(delivery, outcome)
@@ -294,6 +327,7 @@ class MessageHandler:
         exchange: str = "",
         routing_key: str | None = None,
     ) -> None:
+        self._beat.expect(self.settings.publish_timeout_s, "publishing")
         self._publish_body(
             OutgoingMessage(
                 event.encode(),
@@ -313,11 +347,55 @@ class MessageHandler:
 
         Database errors get ``database_retry_attempts`` tries, an inspection that is not
         visible yet ``inspection_visibility_retries`` more; a stop request ends the retries.
+        When the database errors outlast the tries and a probe finds the database down, the
+        unit is held until it answers (``outage.py``), at most ``database_outage_hold_s``,
+        then tried afresh; past the bound the error goes to the caller (requeue).
         """
+        held_since: float | None = None
+        while True:
+            try:
+                return self._retry_quickly(unit)
+            except DatabaseUnavailableError as error:
+                hold_s = self.settings.database_outage_hold_s
+                if self._stopping.is_set() or hold_s <= 0 or self.gate.check():
+                    raise  # a stop, no holding, or the database answers: the unit's own failure
+                held_since = held_since or time.monotonic()
+                if not self._hold(held_since, error):
+                    self.metrics.database_holds.labels("returned").inc()
+                    raise DatabaseUnavailableError(
+                        f"the database did not answer for {time.monotonic() - held_since:.0f} s "
+                        f"(database_outage_hold_s {hold_s:g}): {error}"
+                    ) from error
+                self.metrics.database_holds.labels("resumed").inc()
+                log.info("database_back_resuming", held_s=round(time.monotonic() - held_since, 1))
+
+    def _hold(self, held_since: float, error: DatabaseUnavailableError) -> bool:
+        """Wait for the gate to open: True when it did within the bound, False on a stop or
+        once ``database_outage_hold_s`` has passed since ``held_since``."""
+        bound = held_since + self.settings.database_outage_hold_s
+        log.warning(
+            "message_held_for_database",
+            detail=str(error),
+            hold_s=self.settings.database_outage_hold_s,
+            held_s=round(time.monotonic() - held_since, 1),
+        )
+        while not self._stopping.is_set():
+            remaining = bound - time.monotonic()
+            if remaining <= 0:
+                return False
+            wait = min(remaining, HOLD_POLL_S)
+            self._beat.expect(wait, "holding the message: the database does not answer")
+            if self.gate.wait(wait):
+                return True
+        return False
+
+    def _retry_quickly(self, unit: Callable[[], T]) -> T:
         settings = self.settings
 
         def give_up(state: tenacity.RetryCallState) -> bool:
             error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, DatabaseUnavailableError) and self.gate.is_down:
+                return True  # known down: hold at once instead of spending the tries
             limit = (
                 settings.inspection_visibility_retries + 1
                 if isinstance(error, InspectionNotVisibleError)
@@ -329,6 +407,8 @@ class MessageHandler:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, DatabaseUnavailableError):
                 self.metrics.database_retries.inc()
+            wait = state.next_action.sleep if state.next_action else 0.0
+            self._beat.expect(wait, "retrying after a transient error")
             log.warning(
                 "unit_retrying",
                 attempt=state.attempt_number,

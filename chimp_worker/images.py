@@ -4,14 +4,19 @@ An image is only handed on once every pixel is decoded: Pillow opens lazily, so 
 JPEG opens fine and fails later. Each way an image can be unusable raises its
 own :mod:`chimp_worker.errors` class, whose ``reason`` ends up in the worker's failure rows:
 missing, corrupt, truncated, too large, unsupported format, timed out, outside the allowed
-roots, fetch failed. Greyscale (VMXi) images are replicated to three channels.
+roots, not a regular file (FIFO, socket, device, directory), a symbolic-link loop, a path too
+long, permission denied, fetch failed. Only regular files are ever opened, and without
+blocking: a FIFO at an image's path must not hang the worker. Greyscale (VMXi) images are
+replicated to three channels.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
-import threading
+import queue
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -32,7 +37,11 @@ from chimp_worker.errors import (
     ImageError,
     ImageFetchError,
     ImageMissingError,
+    ImageNotAFileError,
     ImageOutsideRootsError,
+    ImagePathTooLongError,
+    ImagePermissionError,
+    ImageSymlinkLoopError,
     ImageTimeoutError,
     ImageTooLargeError,
     ImageTruncatedError,
@@ -240,7 +249,14 @@ class FilesystemSource:
         path = Path(mapped)
         if not path.is_absolute():
             raise ImageOutsideRootsError(f"{image_full_path}: not an absolute path")
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+        except RuntimeError:  # Python < 3.13 reports a loop so; 3.13 raises ELOOP
+            raise ImageSymlinkLoopError(
+                f"{image_full_path}: too many levels of symbolic links (a loop)"
+            ) from None
+        except OSError as exc:
+            raise _file_error(image_full_path, path, exc) from None
         if not any(resolved.is_relative_to(root) for root in self.roots):
             roots = ", ".join(str(root) for root in self.roots)
             raise ImageOutsideRootsError(
@@ -251,32 +267,78 @@ class FilesystemSource:
     def fetch(self, image_full_path: str, blsample_image_id: int | None = None) -> DecodedImage:
         started = time.perf_counter()
         path = self.local_path(image_full_path)
-        try:
-            with path.open("rb") as handle:
-                size = _file_size(handle)
-                if size > self.max_bytes:
-                    raise ImageTooLargeError(
-                        f"{image_full_path}: {size} bytes exceeds the limit of "
-                        f"{self.max_bytes} (image_max_bytes)"
-                    )
-                data = handle.read(self.max_bytes + 1)
-        except FileNotFoundError:
-            raise ImageMissingError(f"{image_full_path}: no such file ({path})") from None
-        except IsADirectoryError:
-            raise ImageMissingError(f"{image_full_path}: is a directory, not an image") from None
-        except PermissionError:
-            raise ImageFetchError(f"{image_full_path}: permission denied ({path})") from None
-        except OSError as exc:
-            raise ImageFetchError(f"{image_full_path}: cannot read ({exc})") from None
-        if len(data) > self.max_bytes:  # grew while we read it
-            raise ImageTooLargeError(f"{image_full_path}: exceeds {self.max_bytes} bytes")
+        data = read_regular_file(path, image_full_path, self.max_bytes)
         fetch_ms = (time.perf_counter() - started) * 1000
         decoded = decode_image(data, image_full_path, self.max_pixels)
         return _with_fetch_time(decoded, fetch_ms)
 
 
-def _file_size(handle: io.BufferedReader) -> int:
-    return os.fstat(handle.fileno()).st_size
+# open(2) flags: never block (a FIFO without a writer), never follow a link swapped in after
+# resolving, never become the controlling terminal, never leak into a child process.
+_OPEN_FLAGS = (
+    os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+)
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def read_regular_file(path: Path, image_full_path: str, max_bytes: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``.
+
+    The type is checked before opening (a FIFO or device is never opened) and again on the
+    open descriptor (the path may have changed in between); the open never blocks.
+    """
+    try:
+        _require_regular(os.stat(path).st_mode, image_full_path)
+        descriptor = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _file_error(image_full_path, path, exc) from None
+    try:
+        with os.fdopen(descriptor, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            _require_regular(info.st_mode, image_full_path)
+            if info.st_size > max_bytes:
+                raise ImageTooLargeError(
+                    f"{image_full_path}: {info.st_size} bytes exceeds the limit of "
+                    f"{max_bytes} (image_max_bytes)"
+                )
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise _file_error(image_full_path, path, exc) from None
+    if len(data) > max_bytes:  # grew while we read it
+        raise ImageTooLargeError(f"{image_full_path}: exceeds {max_bytes} bytes")
+    return data
+
+
+def _require_regular(mode: int, image_full_path: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    raise ImageNotAFileError(f"{image_full_path}: is {kind}, not an image file")
+
+
+def _file_error(image_full_path: str, path: Path, exc: OSError) -> ImageError:
+    """The image's own failure for an error of the filesystem, by errno."""
+    code = exc.errno
+    name = errno.errorcode.get(code or 0, "error")
+    detail = f"{image_full_path}: {{}} ({name}, {path})"
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        what = "no such file" if code == errno.ENOENT else "a path component is not a directory"
+        return ImageMissingError(detail.format(what))
+    if code == errno.ELOOP:
+        return ImageSymlinkLoopError(detail.format("too many levels of symbolic links"))
+    if code == errno.ENAMETOOLONG:
+        return ImagePathTooLongError(detail.format("a file name or the path is too long"))
+    if code in (errno.EACCES, errno.EPERM):
+        return ImagePermissionError(detail.format("permission denied"))
+    if code in (errno.EISDIR, errno.ENXIO, errno.ENODEV):
+        return ImageNotAFileError(detail.format("not a regular file"))
+    return ImageFetchError(detail.format(f"cannot read: {exc.strerror or exc}"))
 
 
 def _with_fetch_time(decoded: DecodedImage, fetch_ms: float) -> DecodedImage:
@@ -337,7 +399,9 @@ class HttpSource:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
-        self._local = threading.local()
+        # Idle sessions, each used by one fetch at a time: their connection pools are reused
+        # whichever thread fetches next (the pipeline fetches each image on a fresh thread).
+        self._idle: queue.SimpleQueue[requests.Session] = queue.SimpleQueue()
 
     def url_for(self, image_full_path: str, blsample_image_id: int | None = None) -> str:
         if _has_parent_segment(image_full_path):
@@ -367,25 +431,30 @@ class HttpSource:
             before_sleep=_log_retry(url),
             reraise=True,
         )
+        session = self._take_session()
         try:
-            data = retrying(self._download, url, image_full_path)
+            data = retrying(self._download, session, url, image_full_path)
         except _RetryableFetchError as exc:
             raise exc.error from None
+        finally:
+            self._idle.put(session)  # not reached by a fetch abandoned at its deadline
         fetch_ms = (time.perf_counter() - started) * 1000
         return _with_fetch_time(decode_image(data, url, self.max_pixels), fetch_ms)
 
     def close(self) -> None:
-        session = getattr(self._local, "session", None)
-        if session is not None:
-            session.close()
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
+    def _take_session(self) -> requests.Session:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
             session = requests.Session()
             session.headers["User-Agent"] = "chimp-worker"
-            self._local.session = session
-        return session
+            return session
 
     def _check_host(self, url: str, image_full_path: str) -> None:
         if urlsplit(url).netloc.lower() != self.host:
@@ -393,12 +462,12 @@ class HttpSource:
                 f"{image_full_path}: URL {url} is not on the configured image host {self.host}"
             )
 
-    def _download(self, url: str, image_full_path: str) -> bytes:
+    def _download(self, session: requests.Session, url: str, image_full_path: str) -> bytes:
         """One attempt, following at most three redirects on the same host."""
         deadline = time.monotonic() + 4 * self.timeout_s
         for _ in range(4):
             try:
-                response = self._session().get(
+                response = session.get(
                     url, timeout=self.timeout_s, stream=True, allow_redirects=False
                 )
             except requests.Timeout as exc:

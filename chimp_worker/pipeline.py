@@ -3,35 +3,44 @@
 The daemon, ``replay --local`` and ``demo`` all call ``Pipeline.process``, so there is one
 code path from image to ISPyB rows. Its failure rules are the worker's:
 
-- a bad image (missing, corrupt, too large...; or one the analyser fails on by itself) is
-  recorded as failed with its reason, and the rest of the images go on;
+- a bad image (missing, corrupt, too large, not a regular file...; or one the analyser fails
+  on by itself) is recorded as failed with its reason, and the rest of the images go on; any
+  exception while fetching one image is that image's failure;
 - so is an image whose write the database refuses for good (a foreign key, a constraint:
   ``DatabaseRefusedError``): retrying or redelivering cannot change the answer;
+- no image can wedge the unit: its fetch, and its share of a batch's analysis, run on daemon
+  threads the pipeline stops waiting for after ``image_deadline_s`` (per image), recording
+  ``image_timeout`` / ``analysis_timeout`` (see ``deadlines.py``);
 - a transient database error propagates as ``DatabaseUnavailableError``: every write is its
   own short idempotent transaction, so the caller retries the whole unit safely;
 - anything else propagates (the daemon requeues; the delivery limit stops a poison message).
 
 Images are fetched and decoded one batch ahead on a helper thread, so I/O overlaps inference.
+Callers that watch for work that stopped moving (the daemon's liveness) pass a ``Heartbeat``:
+the pipeline beats it after each image and says how long each bounded wait may take.
 """
 
 from __future__ import annotations
 
-import contextvars
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
 
 from chimp_worker.analysis import Analyser, DecodedImage, ImageAnalysis
+from chimp_worker.deadlines import DeadlineExceededError, call_with_deadline, in_background
 from chimp_worker.errors import (
     AnalysisError,
+    AnalysisTimeoutError,
     ChimpError,
     DatabaseRefusedError,
     ImageError,
+    ImageFetchError,
     ImageMissingError,
+    ImageTimeoutError,
     UnknownImageError,
 )
 from chimp_worker.log import get_logger
@@ -65,6 +74,28 @@ class ImageProgress:
 
 
 ProgressCallback = Callable[[ImageProgress], None]
+DEFAULT_IMAGE_DEADLINE_S = 120.0
+
+
+class Heartbeat(Protocol):
+    """Told when the work moved and how long a bounded wait may take (for liveness)."""
+
+    def beat(self, doing: str) -> None: ...
+
+    def expect(self, seconds: float, doing: str) -> None: ...
+
+
+class NoHeartbeat:
+    """For callers that do not watch (demo, replay)."""
+
+    def beat(self, doing: str) -> None:
+        pass
+
+    def expect(self, seconds: float, doing: str) -> None:
+        pass
+
+
+NO_HEARTBEAT = NoHeartbeat()
 
 
 @dataclass(frozen=True)
@@ -76,7 +107,10 @@ class WorkOutcome:
     written: tuple[int, ...] = ()  # results stored (new or unchanged)
     failed: dict[int, str] = field(default_factory=dict)  # image id -> reason
     skipped: tuple[int, ...] = ()  # asked for, already done with these model files
-    completed_inspection: bool = False  # this call completed the inspection (exactly once)
+    # this call completed the inspection (exactly once), or changed the counts of one already
+    # complete (a failed image now done: its summary recounted, results-ready owed again)
+    completed_inspection: bool = False
+    changed: bool = False  # a result or failure was stored that differs from what was there
     analyser: str = ""
     schema_name: str = ""
     seconds: float = 0.0
@@ -114,8 +148,10 @@ class Pipeline:
         batch_size: int = 4,
         engine: Engine | None = None,
         baseline_writes_targets: bool = True,
+        image_deadline_s: float = DEFAULT_IMAGE_DEADLINE_S,
     ) -> None:
         self.session_factory = session_factory
+        self.image_deadline_s = image_deadline_s
         self.baseline_writes_targets = baseline_writes_targets
         self.image_source = image_source
         self.analyser = analyser
@@ -142,6 +178,7 @@ class Pipeline:
             batch_size=settings.batch_size,
             engine=engine,
             baseline_writes_targets=settings.baseline_writes_targets,
+            image_deadline_s=settings.image_deadline_s,
         )
 
     @property
@@ -181,11 +218,13 @@ class Pipeline:
         inspection_id: int,
         image_ids: Sequence[int] | None = None,
         progress: ProgressCallback | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> WorkOutcome:
         """Analyse and write the images that need work (of ``image_ids``, or all), then try to
         complete the inspection. Images already done with these model files are skipped."""
         from chimp_worker.ispyb import progress as db
 
+        beat = heartbeat or NO_HEARTBEAT
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(inspection_id=inspection_id):
             images = db.inspection_images(self.session_factory, inspection_id)
@@ -202,7 +241,7 @@ class Pipeline:
             report = _Reporter(inspection_id, len(todo) + len(skipped), progress)
             for image_id in skipped:
                 report(image_id, "skipped", None, 0.0)
-            written, failed = self._run(todo, report)
+            written, failed, changed = self._run(todo, report, beat)
             completed = db.try_complete_inspection(self.session_factory, inspection_id)
             outcome = WorkOutcome(
                 inspection_id=inspection_id,
@@ -211,6 +250,7 @@ class Pipeline:
                 failed=failed,
                 skipped=skipped,
                 completed_inspection=completed,
+                changed=changed,
                 analyser=self.analyser.name,
                 schema_name=self.analyser.schema_name,
                 seconds=time.perf_counter() - started,
@@ -227,68 +267,86 @@ class Pipeline:
             return outcome
 
     def _run(
-        self, todo: list[InspectionImage], report: _Reporter
-    ) -> tuple[list[int], dict[int, str]]:
-        """Fetch batch n+1 on a helper thread while batch n is analysed and written."""
+        self, todo: list[InspectionImage], report: _Reporter, beat: Heartbeat
+    ) -> tuple[list[int], dict[int, str], bool]:
+        """Fetch batch n+1 on a helper thread while batch n is analysed and written; returns
+        the images written, those failed, and whether any stored outcome changed."""
         written: list[int] = []
         failed: dict[int, str] = {}
+        changed_any = False
         batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
         if not batches:
-            return written, failed
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chimp-fetch") as fetcher:
-            pending: Future[list[_Fetched]] = self._fetch_later(fetcher, batches[0])
-            for number, _batch in enumerate(batches):
-                fetched = pending.result()
-                if number + 1 < len(batches):
-                    pending = self._fetch_later(fetcher, batches[number + 1])
-                for item, result, seconds in self._analyse(fetched):
-                    image_id = item.image.blSampleImageId
-                    with structlog.contextvars.bound_contextvars(blsample_image_id=image_id):
-                        if not isinstance(result, ImageFailure):
-                            try:
-                                changed = self._write(image_id, result)
-                            except DatabaseRefusedError as refused:
-                                result = refused
-                            else:
-                                written.append(image_id)
-                                outcome = "done" if changed else "unchanged"
-                                report(image_id, outcome, None, seconds)
-                                continue
-                        self._record_failure(image_id, result)
-                        failed[image_id] = result.reason
-                        report(image_id, "failed", result.reason, seconds)
-        return written, failed
+            return written, failed, changed_any
+        pending = self._fetch_later(batches[0])
+        for number, batch in enumerate(batches):
+            # each image's fetch has its own deadline, so this wait is bounded too
+            beat.expect(self.image_deadline_s * len(batch), f"fetching {len(batch)} images")
+            fetched = pending.result()
+            beat.beat("fetched")
+            if number + 1 < len(batches):
+                pending = self._fetch_later(batches[number + 1])
+            for item, result, seconds in self._analyse(fetched, beat):
+                image_id = item.image.blSampleImageId
+                with structlog.contextvars.bound_contextvars(blsample_image_id=image_id):
+                    if not isinstance(result, ImageFailure):
+                        try:
+                            changed = self._write(image_id, result)
+                        except DatabaseRefusedError as refused:
+                            result = refused
+                        else:
+                            changed_any |= changed
+                            written.append(image_id)
+                            report(image_id, "done" if changed else "unchanged", None, seconds)
+                            beat.beat("writing results")
+                            continue
+                    changed_any |= self._record_failure(image_id, result)
+                    failed[image_id] = result.reason
+                    report(image_id, "failed", result.reason, seconds)
+                beat.beat("writing results")
+        return written, failed, changed_any
 
-    def _fetch_later(
-        self, fetcher: ThreadPoolExecutor, batch: list[InspectionImage]
-    ) -> Future[list[_Fetched]]:
-        context = contextvars.copy_context()  # keep the bound log context on the helper thread
-        return fetcher.submit(context.run, self._fetch_batch, batch)
+    def _fetch_later(self, batch: list[InspectionImage]) -> Future[list[_Fetched]]:
+        """Fetch a batch on a daemon thread (never joined at exit: see deadlines.py)."""
+        future, _thread = in_background(lambda: self._fetch_batch(batch), name="chimp-prefetch")
+        return future
 
     def _fetch_batch(self, batch: list[InspectionImage]) -> list[_Fetched]:
-        fetched = []
-        for image in batch:
-            started = time.perf_counter()
-            item = _Fetched(image)
-            try:
-                if not image.imageFullPath:
-                    raise ImageMissingError(
-                        f"BLSampleImage {image.blSampleImageId} has no imageFullPath"
-                    )
-                item.decoded = self.image_source.fetch(image.imageFullPath, image.blSampleImageId)
-            except ImageError as error:
-                item.error = error
-            item.seconds = time.perf_counter() - started
-            fetched.append(item)
-        return fetched
+        return [self._fetch_one(image) for image in batch]
+
+    def _fetch_one(self, image: InspectionImage) -> _Fetched:
+        """One image, fetched and decoded, or the error that is its failure; never raises."""
+        started = time.perf_counter()
+        item = _Fetched(image)
+        path = image.imageFullPath
+        try:
+            if not path:
+                raise ImageMissingError(
+                    f"BLSampleImage {image.blSampleImageId} has no imageFullPath"
+                )
+            item.decoded = call_with_deadline(
+                lambda: self.image_source.fetch(path, image.blSampleImageId),
+                self.image_deadline_s,
+                name="chimp-fetch",
+            )
+        except DeadlineExceededError:
+            item.error = ImageTimeoutError(
+                f"{path}: no image after {self.image_deadline_s:g} s (image_deadline_s); "
+                "the read was abandoned (a hung mount or a stalled server?)"
+            )
+        except ImageError as error:
+            item.error = error
+        except Exception as error:  # whatever one image's fetch raises is that image's failure
+            item.error = ImageFetchError(f"{path}: {type(error).__name__}: {error}"[:1000])
+        item.seconds = time.perf_counter() - started
+        return item
 
     def _analyse(
-        self, fetched: list[_Fetched]
+        self, fetched: list[_Fetched], beat: Heartbeat
     ) -> Iterator[tuple[_Fetched, ImageAnalysis | ImageFailure, float]]:
         """Yield each image with its analysis or its error, with seconds spent on it.
 
-        A batch the analyser fails on is retried image by image, so one odd image cannot take
-        its batch-mates down with it.
+        A batch the analyser fails on, or does not finish within the images' deadline, is
+        retried image by image, so one odd image cannot take its batch-mates down with it.
         """
         usable = [item for item in fetched if item.decoded is not None]
         results: dict[int, ImageAnalysis | ImageFailure] = {}
@@ -296,9 +354,13 @@ class Pipeline:
         if usable:
             started = time.perf_counter()
             analyses: list[ImageAnalysis | ImageFailure] | None
+            beat.expect(self.image_deadline_s * len(usable), f"analysing {len(usable)} images")
             try:
                 analyses = self._analyse_batch(usable)
             except ImageError:  # the analyser refused an image: find which one
+                analyses = None
+            except DeadlineExceededError:
+                log.warning("batch_analysis_timed_out_retrying_singly", images=len(usable))
                 analyses = None
             except ChimpError:
                 raise
@@ -306,7 +368,11 @@ class Pipeline:
                 log.warning("batch_analysis_failed_retrying_singly", images=len(usable))
                 analyses = None
             if analyses is None:
-                analyses = [self._analyse_one(item) for item in usable]
+                analyses = []
+                for item in usable:
+                    beat.expect(self.image_deadline_s, "analysing 1 image")
+                    analyses.append(self._analyse_one(item))
+            beat.beat("analysed")
             analyse_seconds = (time.perf_counter() - started) / len(usable)
             for item, analysis in zip(usable, analyses, strict=True):
                 results[id(item)] = analysis
@@ -317,8 +383,13 @@ class Pipeline:
                 yield item, results[id(item)], item.seconds + analyse_seconds
 
     def _analyse_batch(self, items: list[_Fetched]) -> list[ImageAnalysis | ImageFailure]:
+        """The analyser's results, on a thread abandoned after ``image_deadline_s`` per image."""
         decoded = [item.decoded for item in items if item.decoded is not None]
-        analyses = self.analyser.analyse(decoded)
+        analyses = call_with_deadline(
+            lambda: self.analyser.analyse(decoded),
+            self.image_deadline_s * len(decoded),
+            name="chimp-analyse",
+        )
         if len(analyses) != len(decoded):
             raise RuntimeError(
                 f"analyser {self.analyser.name} returned {len(analyses)} results "
@@ -331,6 +402,11 @@ class Pipeline:
             return self._analyse_batch([item])[0]
         except ImageError as error:
             return error
+        except DeadlineExceededError:
+            return AnalysisTimeoutError(
+                f"{item.image.imageFullPath}: the analyser gave no result within "
+                f"{self.image_deadline_s:g} s (image_deadline_s); abandoned"
+            )
         except ChimpError:
             raise
         except Exception as error:  # recorded against this image; the plate goes on
@@ -345,11 +421,12 @@ class Pipeline:
             self.session_factory, image_id, analysis, queueable_targets=queueable
         ).changed
 
-    def _record_failure(self, image_id: int, error: ImageFailure) -> None:
+    def _record_failure(self, image_id: int, error: ImageFailure) -> bool:
+        """Record the failure; True unless that exact failure was already recorded."""
         from chimp_worker.ispyb.writer import record_image_failure
 
         log.warning("image_failed", reason=error.reason, detail=str(error))
-        record_image_failure(
+        return record_image_failure(
             self.session_factory, image_id, error.reason, str(error), self.analyser.name
         )
 

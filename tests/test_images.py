@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import socket
 import struct
+import subprocess
+import sys
+import tempfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +23,7 @@ from chimp_worker.config import load_settings
 from chimp_worker.errors import (
     ConfigError,
     ImageCorruptError,
+    ImageError,
     ImageFetchError,
     ImageMissingError,
     ImageOutsideRootsError,
@@ -29,6 +37,7 @@ from chimp_worker.mock_imager.http_server import ImageServer, ServerFaults
 from chimp_worker.mock_imager.synthetic import encode_jpeg, render_micrograph
 
 MAX_PIXELS = 40_000_000
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -180,9 +189,115 @@ def test_a_missing_file_is_missing(image_root: Path) -> None:
         FilesystemSource([image_root]).fetch(str(image_root / "visit" / "nope.jpg"))
 
 
-def test_a_directory_is_not_an_image(image_root: Path) -> None:
-    with pytest.raises(ImageMissingError, match="is a directory"):
-        FilesystemSource([image_root]).fetch(str(image_root / "visit"))
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def make_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))  # the socket file outlives the socket
+
+
+def make_device(path: Path) -> Path:
+    return Path("/dev/null")  # under the source's roots too (mknod would need root)
+
+
+def make_loop(path: Path) -> None:
+    partner = path.with_name("partner.jpg")
+    path.symlink_to(partner)
+    partner.symlink_to(path)
+
+
+def make_self_loop(path: Path) -> None:
+    path.symlink_to(path)
+
+
+def make_directory(path: Path) -> None:
+    path.mkdir()
+
+
+def make_file_parent(path: Path) -> Path:
+    path.write_bytes(b"a file, not a directory")
+    return path / "101.jpg"
+
+
+# what sits at the image's path -> the failure's reason and words of its message
+NOT_AN_IMAGE_FILE: dict[str, tuple[Callable[[Path], Path | None], str, str]] = {
+    "fifo": (make_fifo, "image_not_a_file", "FIFO"),
+    "socket": (make_socket, "image_not_a_file", "socket"),
+    "character_device": (make_device, "image_not_a_file", "character device"),
+    "directory": (make_directory, "image_not_a_file", "directory"),
+    "symlink_loop": (make_loop, "image_symlink_loop", "symbolic links"),
+    "symlink_to_itself": (make_self_loop, "image_symlink_loop", "symbolic links"),
+    "file_as_a_directory": (make_file_parent, "image_missing", "not a directory"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_AN_IMAGE_FILE))
+def test_anything_but_a_regular_file_is_that_images_failure_and_is_never_opened(
+    image_root: Path, kind: str
+) -> None:
+    make, reason, words = NOT_AN_IMAGE_FILE[kind]
+    path = image_root / "visit" / "odd.jpg"
+    made = make(path)
+    target = made or path
+    fetch = threading.Thread(target=lambda: None)
+    caught: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            FilesystemSource([image_root, Path("/dev")]).fetch(str(target))
+        except BaseException as exc:  # surfaced below
+            caught.append(exc)
+
+    fetch = threading.Thread(target=attempt, daemon=True)  # a FIFO open() would never return
+    fetch.start()
+    fetch.join(10)
+    assert not fetch.is_alive(), f"fetching a {kind} blocked"
+    [error] = caught
+    assert isinstance(error, ImageError), f"{type(error).__name__}: {error}"
+    assert error.reason == reason
+    assert words in str(error)
+
+
+def test_a_path_component_longer_than_the_filesystem_allows_is_that_images_failure(
+    image_root: Path,
+) -> None:
+    too_long = image_root / "visit" / ("\u00e9" * 130 + ".jpg")  # 264 bytes: over NAME_MAX
+    with pytest.raises(ImageError) as caught:
+        FilesystemSource([image_root]).fetch(str(too_long))
+    assert caught.value.reason == "image_path_too_long"
+
+
+def test_an_unreadable_file_is_permission_denied(image_root: Path) -> None:
+    """Run as an unprivileged user (root reads any file): chmod 000 then fetch."""
+    shared = Path(tempfile.mkdtemp(prefix="chimp-perm-"))
+    try:
+        shared.chmod(0o755)
+        image = shared / "101.jpg"
+        image.write_bytes(Path(image_path(image_root)).read_bytes())
+        image.chmod(0o000)
+        script = (
+            "from chimp_worker.images import FilesystemSource\n"
+            "try:\n"
+            f"    FilesystemSource([{str(shared)!r}]).fetch({str(image)!r})\n"
+            "except Exception as error:\n"
+            "    print(type(error).__name__, error.reason)\n"
+        )
+        command = [sys.executable, "-c", script]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.stdout.strip() == "ImagePermissionError image_permission_denied", done.stderr
+    finally:
+        shutil.rmtree(shared)
 
 
 def test_dot_dot_cannot_leave_the_roots(image_root: Path, tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ One place decides how the worker talks to ISPyB: SQLite gets foreign keys, a bus
 ``BEGIN IMMEDIATE`` (so two writers queue instead of dead-locking on a lock upgrade); MariaDB
 gets pre-ping, recycled connections and READ COMMITTED (short transactions, fewer gap locks).
 Transient failures become ``DatabaseUnavailableError`` so the consumer retries the unit of work.
+SQL never reaches a log: engines hide bound parameters from error messages
+(``hide_parameters``), and ``database_errors_described`` turns what escapes a unit of work into
+one line with the server's code and text, without the statement.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from chimp_worker.errors import DatabaseRefusedError, DatabaseUnavailableError
+from chimp_worker.errors import DatabaseError, DatabaseRefusedError, DatabaseUnavailableError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MYSQL_POOL_RECYCLE_S = 1800
@@ -51,7 +54,7 @@ def make_engine(url: str, connect_args: Mapping[str, Any] | None = None) -> Engi
     args = dict(connect_args or {})
     if parsed.get_backend_name() == "sqlite":
         args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
-        engine = create_engine(url, connect_args=args, pool_pre_ping=True)
+        engine = create_engine(url, connect_args=args, pool_pre_ping=True, hide_parameters=True)
         _configure_sqlite(engine, in_memory=parsed.database in (None, "", ":memory:"))
         return engine
     if parsed.get_backend_name() in ("mysql", "mariadb"):
@@ -66,6 +69,7 @@ def make_engine(url: str, connect_args: Mapping[str, Any] | None = None) -> Engi
         pool_pre_ping=True,
         pool_recycle=MYSQL_POOL_RECYCLE_S,
         isolation_level="READ COMMITTED",
+        hide_parameters=True,  # rows of image ids and results never end up in an error or log
     )
 
 
@@ -116,7 +120,22 @@ def describe(error: BaseException) -> str:
         meaning = TRANSIENT_MYSQL_CODES.get(args[0])
         detail = str(args[1]) if len(args) > 1 else ""
         return f"MariaDB error {args[0]}{f' ({meaning})' if meaning else ''}: {detail}".strip()
-    return f"{type(original).__name__}: {original}"
+    if isinstance(original, exc.StatementError):  # no driver error under it: never its SQL
+        return type(original).__name__
+    return f"{type(original).__name__}: {original}"[:500]
+
+
+@contextmanager
+def database_errors_described() -> Iterator[None]:
+    """At the edge of a unit of work: any database error left becomes ``DatabaseError``, one
+    line with the server's code and text. ``from None``: a traceback of the original would
+    print the statement."""
+    try:
+        yield
+    except (exc.SQLAlchemyError, sqlite3.Error) as error:
+        if is_transient(error):
+            raise DatabaseUnavailableError(describe(error)) from None
+        raise DatabaseError(describe(error)) from None
 
 
 @contextmanager
@@ -187,6 +206,21 @@ def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     """One short transaction: commit on success, roll back on error, errors translated."""
     with translate_db_errors(), session_factory() as session, session.begin():
         yield session
+
+
+def probe_database(session_factory: sessionmaker[Session]) -> str | None:
+    """``SELECT 1`` through the worker's own pool: None when the database answers, else why
+    not (any error: an outage, a refused login, a server shutting down)."""
+    from sqlalchemy import text
+
+    try:
+        with session_factory() as session:
+            session.execute(text("SELECT 1")).all()
+    except (exc.SQLAlchemyError, sqlite3.Error) as error:
+        return describe(error)
+    except OSError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 # Errors no retry can fix: the worker's credentials, grants or schema are wrong. A daemon that

@@ -6,6 +6,11 @@ the inspection has a ``done`` or ``failed`` row, a conditional ``UPDATE ... WHER
 finished, but the row lock lets exactly one UPDATE match, so exactly one caller gets True and
 publishes the results-ready event.
 
+A re-published event that changes the counts of an inspection already done (a repaired image
+now done) recounts its summary and owes its announcement again: ``try_complete_inspection``
+returns True for it too, so the caller publishes results-ready once more. An event that
+changes nothing announces nothing.
+
 Announcing is the second phase: the completion commit and the publish cannot share a
 transaction, so ``resultsPublishedAt`` is set only after the broker confirmed results-ready.
 A worker killed in between leaves the inspection done with ``resultsPublishedAt`` NULL, which
@@ -17,8 +22,11 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -124,7 +132,12 @@ def images_needing_work(
 def mark_images_pending(
     session_factory: sessionmaker[Session], inspection_id: int, image_ids: Iterable[int]
 ) -> int:
-    """Record images as pending (planned, not yet processed); existing rows are left alone."""
+    """Record images as pending (planned, not yet processed); existing rows are left alone.
+
+    Two workers planning the same event at once both find the rows missing and both insert:
+    the insert ignores rows that appeared since (an upsert that changes nothing), so neither
+    fails. Returns how many rows this call found missing.
+    """
     wanted = set(image_ids)
     now = utcnow()
     with transaction(session_factory) as session:
@@ -135,18 +148,31 @@ def mark_images_pending(
                 )
             )
         )
-        for image_id in sorted(wanted - present):
-            session.add(
-                ChimpImageResult(
-                    blSampleImageId=image_id,
-                    containerInspectionId=inspection_id,
-                    state="pending",
-                    attempts=0,
-                    createdAt=now,
-                    updatedAt=now,
-                )
-            )
-    return len(wanted - present)
+        missing = sorted(wanted - present)
+        if missing:
+            rows = [
+                {
+                    "blSampleImageId": image_id,
+                    "containerInspectionId": inspection_id,
+                    "state": "pending",
+                    "attempts": 0,
+                    "createdAt": now,
+                    "updatedAt": now,
+                }
+                for image_id in missing
+            ]
+            session.execute(_insert_leaving_existing(session, ChimpImageResult), rows)
+    return len(missing)
+
+
+def _insert_leaving_existing(session: Session, model: type[Any]) -> Any:
+    """``INSERT`` that leaves a row with the same key as it is (MariaDB, SQLite)."""
+    table = model.__table__
+    if session.get_bind().dialect.name == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    statement = mysql_insert(table)
+    key = table.primary_key.columns[0]
+    return statement.on_duplicate_key_update({key.name: key})  # assigns itself: no change
 
 
 def _ensure_inspection_row(session_factory: sessionmaker[Session], inspection_id: int) -> None:
@@ -163,7 +189,15 @@ def _ensure_inspection_row(session_factory: sessionmaker[Session], inspection_id
 
 
 def try_complete_inspection(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
-    """Mark the inspection done if every image is done or failed; True only for the winner."""
+    """Mark the inspection done if every image is done or failed; True only for the winner.
+
+    An inspection already done is completed *again* -- counts and ``completedAt`` refreshed,
+    results-ready owed once more (``resultsPublishedAt`` cleared), True for the caller whose
+    update applied -- when its stored counts are out of date: an image that had failed is done
+    now (or the reverse). Two workers racing to finish the last images of a plate complete it
+    once, as before; new results that leave the counts as they were (a replay with new model
+    files) are announced by the replay, which reopens the inspection.
+    """
     _ensure_inspection_row(session_factory, inspection_id)
     with transaction(session_factory) as session:
         total, done, failed = session.execute(
@@ -181,21 +215,38 @@ def try_complete_inspection(session_factory: sessionmaker[Session], inspection_i
         ).one()
         if total == 0 or done + failed < total:
             return False
+        summary = {
+            "state": "done",
+            "imageCount": total,
+            "doneCount": done,
+            "failedCount": failed,
+            "completedAt": utcnow(),
+            "resultsPublishedAt": None,
+        }
         result = session.execute(
             update(ChimpInspection)
             .where(ChimpInspection.containerInspectionId == inspection_id)
             .where(ChimpInspection.state == "pending")
-            .values(
-                state="done",
-                imageCount=total,
-                doneCount=done,
-                failedCount=failed,
-                completedAt=utcnow(),
-                resultsPublishedAt=None,
-            )
+            .values(**summary)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        if result.rowcount == 1:
+            return True
+        refreshed = session.execute(
+            update(ChimpInspection)
+            .where(
+                ChimpInspection.containerInspectionId == inspection_id,
+                ChimpInspection.state == "done",
+                or_(
+                    ChimpInspection.imageCount != total,
+                    ChimpInspection.doneCount != done,
+                    ChimpInspection.failedCount != failed,
+                ),
+            )
+            .values(**summary)
+            .execution_options(synchronize_session=False)
+        )
+        return refreshed.rowcount == 1
 
 
 def results_pending_publication(

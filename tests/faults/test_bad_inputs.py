@@ -5,6 +5,8 @@ bad events are dead-lettered at once with theirs; duplicates change nothing."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import struct
 import zlib
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from helpers.ispyb_rows import snapshot
 from chimp_worker.analysis import Analyser
 from chimp_worker.broker import HEADER_REASON, HEADER_SOURCE_QUEUE
 from chimp_worker.events import MAX_EVENT_BYTES, WorkItem
+from chimp_worker.ispyb import tables as t
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.mariadb]
 
@@ -98,6 +101,78 @@ def test_damaged_image_files_are_recorded_failed_with_their_reason_and_the_plate
     assert logged == expected, "one clear log line per bad image, with its reason"
 
 
+def replace_with_special_file(path: Path, kind: str) -> None:
+    """Put something that is not a regular image file at ``path``."""
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink_loop":
+        partner = path.with_name(path.name + ".partner")
+        path.symlink_to(partner)
+        partner.symlink_to(path)
+    elif kind == "self_loop":
+        path.symlink_to(path)
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+    elif kind == "directory":
+        path.mkdir()
+
+
+# drop location -> what is at its path, and the recorded reason
+SPECIAL_FILES = {
+    1: ("fifo", "image_not_a_file"),
+    2: ("symlink_loop", "image_symlink_loop"),
+    3: ("self_loop", "image_symlink_loop"),
+    4: ("socket", "image_not_a_file"),
+    5: ("directory", "image_not_a_file"),
+    6: ("name_too_long", "image_path_too_long"),
+}  # a device is tested in tests/test_images.py (/dev/null: making one here would need root)
+
+
+def test_special_files_at_image_paths_are_each_that_images_failure_and_the_plate_completes(
+    faults_database: str,
+    amqp_url: str,
+    queue_prefix: str,
+    tmp_path: Path,
+    workers: WorkerPool,
+    analyser: Analyser,
+) -> None:
+    """A FIFO once wedged a worker in open(); a symlink loop failed a whole work item (six
+    deliveries, no failure recorded, seven good images never processed)."""
+    world = FaultWorld.create(
+        mariadb_url_for(faults_database), tmp_path / "images", amqp_url, queue_prefix, wells=5
+    )
+    world.pool = workers
+    try:
+        expected = {}
+        for image in world.plate.latest.images:
+            if image.location not in SPECIAL_FILES:
+                continue
+            kind, reason = SPECIAL_FILES[image.location]
+            expected[image.blSampleImageId] = reason
+            path = Path(image.imageFullPath)
+            if kind == "name_too_long":  # 264 bytes in one name, 130 characters in ISPyB
+                long_path = str(path.with_name("\u00e9" * 130 + ".jpg"))
+                with world.factory.begin() as session:
+                    row = session.get(t.BLSampleImage, image.blSampleImageId)
+                    assert row is not None
+                    row.imageFullPath = long_path
+            else:
+                replace_with_special_file(path, kind)
+        worker = workers.start(world.worker_env(), name="w1")
+        world.publish_inspection()
+        world.wait_until_complete(60)
+        assert worker.alive
+        assert worker.stop() == 0
+        report = world.check(analyser, expected_failures=expected)
+        assert (report.images, report.done, len(report.failed)) == (10, 4, 6)
+        assert [r for r in worker.events("message_done") if r["outcome"] != "acked"] == []
+        assert worker.events("message_failed_unexpectedly") == []
+    finally:
+        world.close()
+
+
 def raw_event(**fields: object) -> bytes:
     return json.dumps(fields).encode()
 
@@ -159,6 +234,46 @@ def test_malformed_events_are_dead_lettered_at_once_with_their_reason_and_good_w
     assert dead_work.headers[HEADER_REASON] == "event_bad_value"
     logged = sorted(r["reason"] for r in worker.events("message_dead_lettered"))
     assert logged == sorted([*bad_events, *bad_work]), "one log line per bad message"
+
+
+def hostile_bodies(inspection_id: int) -> dict[str, bytes]:
+    """Bodies that broke the decoder in an attack (RecursionError, ValueError, six deliveries
+    each and a dead letter without a reason): reason -> body."""
+    head = b'{"type": "inspection.completed", "version": 1, "containerInspectionId": '
+    return {
+        "event_too_deep": b"[" * 200_000 + b"]" * 200_000,  # 400 KB
+        "event_number_too_long": head + b"9" * 5000 + b"}",
+        "event_not_finite": head + b"NaN}",
+        "event_bad_unicode": head + str(inspection_id).encode() + b', "barcode": "\\ud800"}',
+        "event_duplicate_key": head + str(inspection_id).encode() + b', "priority": 1'
+        b', "priority": 2}',
+    }
+
+
+def test_hostile_json_is_dead_lettered_at_once_with_its_reason_and_the_worker_goes_on(
+    world: FaultWorld, workers: WorkerPool, analyser: Analyser
+) -> None:
+    hostile = hostile_bodies(world.inspection_id)
+    world.declare()
+    for body in hostile.values():
+        world.probe.publish_raw(world.events_queue, body)
+    worker = workers.start(world.worker_env(), name="w1")
+    world.publish_inspection()
+    world.wait_until_complete()
+    wait_until(
+        lambda: world.probe.count(f"dlq.{world.events_queue}") == len(hostile),
+        30,
+        "every hostile event in the DLQ",
+    )
+    assert worker.alive
+    assert worker.stop() == 0
+    world.check(analyser, dead_letters={f"dlq.{world.events_queue}": len(hostile)})
+    dead = world.probe.take_all(f"dlq.{world.events_queue}")
+    assert {m.headers[HEADER_REASON]: m.body for m in dead} == hostile
+    assert all(m.headers.get("x-delivery-count", 0) == 0 for m in dead), "never requeued"
+    assert not worker.events("message_failed_unexpectedly")
+    logged = sorted(r["reason"] for r in worker.events("message_dead_lettered"))
+    assert logged == sorted(hostile), "one log line per hostile message"
 
 
 def test_the_same_event_twice_to_two_workers_at_once_completes_the_plate_exactly_once(

@@ -16,6 +16,14 @@ product's own. The hooks only add a pause and a line in an event file at two poi
 - ``FAULT_HOOK_PLAN_PAUSE_S``: after an inspection event has been planned (work items not yet
   published, the event not yet acked), write ``planned <inspection id>`` and sleep -- holds
   the event in flight so a duplicate must go to another worker.
+- ``FAULT_HOOK_PENDING_INSERT_PAUSE_S``: before the first ``INSERT`` into
+  ``chimp_image_result`` (planning, after the worker looked for existing rows), write
+  ``inserting <statement start>`` and sleep -- two workers planning one event both look, then
+  both insert.
+- ``FAULT_HOOK_FETCH_HANG_ON=<path>``: fetching the image at that path blocks for ever (as a
+  read on a hung NFS mount does), after writing ``fetch_hanging <path>``.
+- ``FAULT_HOOK_ANALYSE_HANG_ON=<path>``: the analyser blocks for ever on any batch holding
+  that image (a model call that never returns), after writing ``analysis_hanging <paths>``.
 - ``FAULT_HOOK_ANALYSER=pixel-stats``: use the test suite's weight-free ``PixelStatsAnalyser``
   instead of the configured analyser.
 
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,15 +59,20 @@ def _note(event: str, detail: str) -> None:
 class _PausingAnalyser:
     """Wraps the real analyser: note the images, pause, then analyse them for real."""
 
-    def __init__(self, inner: Any, pause_s: float) -> None:
+    def __init__(self, inner: Any, pause_s: float, hang_on: str = "") -> None:
         self._inner = inner
         self._pause_s = pause_s
+        self._hang_on = hang_on
         self.name = inner.name
         self.schema_name = inner.schema_name
         self.models = inner.models
 
     def analyse(self, images: Sequence[Any]) -> Any:
-        _note("analysing", ",".join(image.source for image in images))
+        sources = ",".join(image.source for image in images)
+        _note("analysing", sources)
+        if self._hang_on and any(image.source == self._hang_on for image in images):
+            _note("analysis_hanging", sources)
+            threading.Event().wait()  # never returns
         time.sleep(self._pause_s)
         return self._inner.analyse(images)
 
@@ -70,6 +84,7 @@ def install_hooks() -> None:
 
     choice = os.environ.get("FAULT_HOOK_ANALYSER", "configured")
     analyse_pause = float(os.environ.get("FAULT_HOOK_ANALYSE_PAUSE_S", "0"))
+    analyse_hang_on = os.environ.get("FAULT_HOOK_ANALYSE_HANG_ON", "")
     original_make_analyser = pipeline.make_analyser
 
     def make_analyser(settings: Any) -> Any:
@@ -80,7 +95,9 @@ def install_hooks() -> None:
             analyser: Any = PixelStatsAnalyser()
         else:
             analyser = original_make_analyser(settings)
-        return _PausingAnalyser(analyser, analyse_pause) if analyse_pause > 0 else analyser
+        if analyse_pause > 0 or analyse_hang_on:
+            return _PausingAnalyser(analyser, analyse_pause, analyse_hang_on)
+        return analyser
 
     pipeline.make_analyser = make_analyser
 
@@ -122,6 +139,36 @@ def install_hooks() -> None:
 
     if plan_pause > 0:
         pipeline.Pipeline.plan = plan  # type: ignore[method-assign]
+
+    fetch_hang_on = os.environ.get("FAULT_HOOK_FETCH_HANG_ON", "")
+    if fetch_hang_on:
+        import chimp_worker.images as images
+
+        original_fetch = images.FilesystemSource.fetch
+
+        def fetch(self: Any, image_full_path: str, blsample_image_id: int | None = None) -> Any:
+            if image_full_path == fetch_hang_on:
+                _note("fetch_hanging", image_full_path)
+                threading.Event().wait()  # a read that never returns
+            return original_fetch(self, image_full_path, blsample_image_id)
+
+        images.FilesystemSource.fetch = fetch  # type: ignore[method-assign]
+
+    insert_pause = float(os.environ.get("FAULT_HOOK_PENDING_INSERT_PAUSE_S", "0"))
+    if insert_pause > 0:
+        from sqlalchemy import Engine, event
+
+        paused = [False]
+
+        def before_insert(*args: Any) -> None:
+            statement = str(args[2]).lstrip()
+            if paused[0] or not statement.startswith("INSERT INTO chimp_image_result"):
+                return
+            paused[0] = True
+            _note("inserting", statement[:40].replace(" ", "_"))
+            time.sleep(insert_pause)
+
+        event.listen(Engine, "before_cursor_execute", before_insert)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ RabbitMQ or MariaDB (point the worker's URL at ``proxy.port``) and break the net
   lost: kernel buffers fill and senders stall. Only heartbeats and timeouts can notice.
 - ``restore()``: forward again; what was sent during the blackhole is delivered late, unless
   the peer gave up first (its socket is closed, and the proxy closes the other side).
-- ``refuse()``: reset every open connection and every new one (the service is down).
+- ``refuse()``: reset every open connection and stop listening, so new connections are
+  refused (``ECONNREFUSED``), as when the server is stopped or restarting; ``restore()``
+  listens on the same port again.
 
 One selector thread moves all the bytes; mode changes are thread-safe.
 
@@ -55,16 +57,21 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
 
 
+def _listen(port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    listener.setblocking(False)
+    return listener
+
+
 class TcpProxy:
     """Listens on 127.0.0.1 (a free port) and forwards each connection to ``target``."""
 
     def __init__(self, target_host: str, target_port: int, *, listen_port: int = 0) -> None:
         self.target = (target_host, target_port)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", listen_port))
-        self._listener.listen(128)
-        self._listener.setblocking(False)
+        self._listener: socket.socket | None = _listen(listen_port)
         self.port: int = self._listener.getsockname()[1]
         self._selector = selectors.DefaultSelector()
         self._wake_read, self._wake_write = socket.socketpair()
@@ -95,7 +102,8 @@ class TcpProxy:
         for sock in list(self._pairs):
             _reset(sock)
         self._pairs.clear()
-        self._listener.close()
+        if self._listener is not None:
+            self._listener.close()
         self._wake_read.close()
         self._wake_write.close()
         self._selector.close()
@@ -124,12 +132,22 @@ class TcpProxy:
         self._set("blackhole")
 
     def refuse(self) -> None:
-        """Reset every open connection and every new one until ``restore``."""
+        """Reset every open connection and refuse new ones until ``restore``."""
         self._set("refuse", cut=True)
+        while self._running:  # return once the port refuses, so the caller's timing is exact
+            with self._lock:
+                if self._listener is None:
+                    return
+            time.sleep(0.01)
 
     def restore(self) -> None:
-        """Forward again (bytes held back by a blackhole flow on)."""
+        """Forward again (bytes held back by a blackhole flow on); listen again after refuse."""
         self._set("forward")
+        while self._running:  # return once the port accepts again
+            with self._lock:
+                if self._listener is not None:
+                    return
+            time.sleep(0.01)
 
     def _set(self, mode: Mode | None, *, cut: bool = False) -> None:
         with self._lock:
@@ -174,11 +192,21 @@ class TcpProxy:
                     self._service(sock, events)
 
     def _register_for(self, mode: Mode) -> None:
-        """Blackhole: listen to nothing but the wake-up socket. Otherwise: everything."""
+        """Blackhole: listen to nothing but the wake-up socket. Refuse: close the listening
+        socket too. Otherwise: everything, listening again on the same port if need be."""
         for key in list(self._selector.get_map().values()):
             if key.fileobj is not self._wake_read:
                 self._selector.unregister(key.fileobj)
-        if mode == "blackhole":
+        if mode == "refuse":
+            with self._lock:
+                listener, self._listener = self._listener, None
+            if listener is not None:
+                listener.close()
+        elif self._listener is None:
+            listener = _listen(self.port)
+            with self._lock:
+                self._listener = listener
+        if mode == "blackhole" or self._listener is None:
             return
         self._selector.register(self._listener, selectors.EVENT_READ)
         for sock in self._pairs:
@@ -189,6 +217,8 @@ class TcpProxy:
         return selectors.EVENT_READ | (selectors.EVENT_WRITE if pair.pending.get(sock) else 0)
 
     def _accept(self, mode: Mode) -> None:
+        if self._listener is None:
+            return
         try:
             client, _address = self._listener.accept()
         except (BlockingIOError, OSError):

@@ -8,9 +8,14 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from chimp_worker.errors import DatabaseUnavailableError
+from chimp_worker.errors import DatabaseError, DatabaseUnavailableError
 from chimp_worker.ispyb import tables as t
-from chimp_worker.ispyb.database import make_engine, transaction, translate_db_errors
+from chimp_worker.ispyb.database import (
+    database_errors_described,
+    make_engine,
+    transaction,
+    translate_db_errors,
+)
 
 
 def test_sqlite_lock_becomes_database_unavailable(ispyb_sqlite_url: str) -> None:
@@ -65,6 +70,26 @@ def test_other_errors_pass_through_untranslated(
 ) -> None:
     with pytest.raises(IntegrityError), transaction(factory) as session:
         session.add(t.Container(barcode="CQX-0001"))  # the plate's barcode: unique
+
+
+def test_a_failed_statement_never_shows_its_parameters_and_is_described_without_sql(
+    factory: sessionmaker[Session], plate: Plate
+) -> None:
+    with pytest.raises(IntegrityError) as raw, transaction(factory) as session:
+        session.add(t.Container(barcode="CQX-0001", comments="secret-comment-value"))
+    assert "secret-comment-value" not in str(raw.value)
+    with (
+        pytest.raises(DatabaseError) as described,
+        database_errors_described(),
+        transaction(factory) as session,
+    ):
+        session.add(t.Container(barcode="CQX-0001", comments="secret-comment-value"))
+    message = str(described.value)
+    assert "secret-comment-value" not in message
+    assert "INSERT" not in message
+    assert ("1062" in message) or ("UNIQUE constraint failed" in message)
+    assert described.value.__cause__ is None
+    assert described.value.__suppress_context__
 
 
 def test_engine_is_configured_per_backend(engine: Engine) -> None:

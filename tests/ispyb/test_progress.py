@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from helpers.ispyb_rows import CLASSIFIER, Plate, add_plate, make_analysis
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.analysis import ModelRef
 from chimp_worker.errors import InspectionNotVisibleError
+from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.progress import (
     InspectionImage,
     images_needing_work,
     inspection_images,
     mark_images_pending,
+    mark_results_published,
     reopen_inspection,
+    results_pending_publication,
     try_complete_inspection,
 )
-from chimp_worker.ispyb.worker_tables import ChimpInspection
+from chimp_worker.ispyb.worker_tables import ChimpImageResult, ChimpInspection
 from chimp_worker.ispyb.writer import record_image_failure, write_image_result
 
 
@@ -81,6 +86,31 @@ def test_completion_waits_for_every_image_then_fires_once(
     assert try_complete_inspection(factory, plate.inspectionId)
 
 
+def test_changed_counts_of_a_done_inspection_recount_it_and_owe_its_announcement(
+    factory: sessionmaker[Session], plate: Plate
+) -> None:
+    *first, last = plate.imageIds
+    for image_id in first:
+        write_image_result(factory, image_id, make_analysis())
+    record_image_failure(factory, last, "image_missing", "gone", "chimp")
+    assert try_complete_inspection(factory, plate.inspectionId)
+    assert mark_results_published(factory, plate.inspectionId)
+    write_image_result(factory, last, make_analysis())  # the file was restored
+    assert try_complete_inspection(factory, plate.inspectionId)  # the counts are out of date
+    with factory() as session:
+        row = session.get(ChimpInspection, plate.inspectionId)
+        assert row is not None
+        assert (row.state, row.imageCount, row.doneCount, row.failedCount) == ("done", 4, 4, 0)
+        assert row.resultsPublishedAt is None
+    assert results_pending_publication(factory, plate.inspectionId)
+    assert mark_results_published(factory, plate.inspectionId)
+    assert not try_complete_inspection(factory, plate.inspectionId)  # nothing new: no news
+    # a new model's result for a done image leaves the counts as they were: the replay that
+    # produced it announces it (it reopens the inspection first)
+    write_image_result(factory, last, make_analysis(models=(CLASSIFIER,)))
+    assert not try_complete_inspection(factory, plate.inspectionId)
+
+
 def test_inspection_without_images_never_completes(factory: sessionmaker[Session]) -> None:
     empty = add_plate(factory, barcode="EMPTY", drops=0)
     assert not try_complete_inspection(factory, empty.inspectionId)
@@ -108,3 +138,49 @@ def test_racing_workers_complete_exactly_once(factory: sessionmaker[Session], pl
         thread.join(timeout=60)
     assert errors == []
     assert sorted(wins) == [False] * (racers - 1) + [True]
+
+
+@pytest.mark.mariadb
+def test_two_workers_marking_the_same_images_pending_at_once_both_succeed(
+    mariadb_url: str,
+) -> None:
+    """The race of the same event planned by two workers: both read "no rows yet", both
+    insert. MariaDB makes the second wait for the first's rows, then refuse a duplicate key
+    (1062), unless the insert tolerates rows that appeared since it looked."""
+    from chimp_worker.ispyb.schema import create_all
+
+    create_all(mariadb_url)
+    engine = make_engine(mariadb_url)
+    factory = make_session_factory(engine)
+    plate = add_plate(factory, drops=48)
+    barrier = threading.Barrier(2)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def insert_together(*args: Any) -> None:
+        statement = str(args[2]).lstrip().upper()
+        if statement.startswith("INSERT") and "CHIMP_IMAGE_RESULT" in statement:
+            barrier.wait(timeout=20)  # each has looked and found nothing: now both insert
+
+    errors: list[BaseException] = []
+
+    def plan() -> None:
+        try:
+            mark_images_pending(factory, plate.inspectionId, plate.imageIds)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=plan) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert [type(error).__name__ for error in errors] == []
+        assert images_needing_work(factory, plate.inspectionId) == list(plate.imageIds)
+        with factory() as session:
+            states = session.execute(
+                select(ChimpImageResult.state, func.count()).group_by(ChimpImageResult.state)
+            ).all()
+        assert states == [("pending", 48)]
+    finally:
+        engine.dispose()

@@ -29,6 +29,7 @@ from helpers.workers import (
 )
 from sqlalchemy.engine import make_url
 
+from chimp_worker import __version__
 from chimp_worker.broker import Publisher
 from chimp_worker.daemon import Daemon
 from chimp_worker.events import InspectionCompleted, WorkItem
@@ -269,7 +270,21 @@ def test_the_daemon_reports_ready_pings_the_watchdog_and_serves_healthz(
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
             assert reply.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-            assert b"chimp_io_loop_last_beat_seconds" in reply.read()
+            exposition = reply.read().decode()
+        assert "chimp_io_loop_last_beat_seconds" in exposition
+        assert "process_resident_memory_bytes" in exposition
+        assert (
+            'chimp_analyser_info{analyser="pixel-stats-test",schema="BASELINE_CV",'
+            f'version="{__version__}"}} 1.0'
+        ) in exposition
+        model = PixelStatsAnalyser.models[0]
+        assert (
+            f'chimp_model_info{{name="{model.name}",role="{model.role}",sha256="{model.sha256}"}}'
+            " 1.0"
+        ) in exposition
+        head = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="HEAD")
+        with urllib.request.urlopen(head, timeout=5) as reply:
+            assert (reply.status, reply.read()) == (200, b"")
         worker.stop()
     rest = []
     listener.settimeout(0.5)

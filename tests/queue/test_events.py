@@ -155,3 +155,70 @@ def test_results_ready_carries_a_utc_timestamp() -> None:
     event = results_ready_now(5, 96, "baseline", "BASELINE_CV")
     assert event.completedAt.endswith("+00:00")
     assert decode_event(event.encode()) == event
+
+
+COMPLETED = b'{"type": "inspection.completed", "version": 1, '
+
+# Hostile bodies an attacker (or a broken publisher) can put on the queue; each must become an
+# EventError with its own reason, never another exception (which would requeue it for ever).
+HOSTILE_BODIES = {
+    "deep_list": (b"[" * 200_000 + b"]" * 200_000, "event_too_deep"),
+    "deep_object": (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "event_too_deep"),
+    "deep_inside_a_field": (
+        COMPLETED + b'"containerInspectionId": 1, "barcode": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        "event_too_deep",
+    ),
+    "five_thousand_digit_id": (
+        COMPLETED + b'"containerInspectionId": ' + b"9" * 5000 + b"}",
+        "event_number_too_long",
+    ),
+    "huge_exponent": (COMPLETED + b'"containerInspectionId": 1e999999}', "event_not_finite"),
+    "nan": (COMPLETED + b'"containerInspectionId": NaN}', "event_not_finite"),
+    "infinity": (COMPLETED + b'"containerInspectionId": -Infinity}', "event_not_finite"),
+    "lone_surrogate_escape": (
+        COMPLETED + b'"containerInspectionId": 1, "barcode": "\\ud800"}',
+        "event_bad_unicode",
+    ),
+    "surrogate_key": (
+        COMPLETED + b'"containerInspectionId": 1, "\\udfff": 1}',
+        "event_bad_unicode",
+    ),
+    "duplicate_key": (
+        COMPLETED + b'"containerInspectionId": 1, "containerInspectionId": 2}',
+        "event_duplicate_key",
+    ),
+    "duplicate_type": (
+        b'{"type": "work.item", "type": "inspection.completed", "version": 1, '
+        b'"containerInspectionId": 1}',
+        "event_duplicate_key",
+    ),
+    "bom": (b"\xef\xbb\xbf" + COMPLETED + b'"containerInspectionId": 1}', "event_not_json"),
+    "bad_escape": (
+        COMPLETED + b'"containerInspectionId": 1, "barcode": "\\x41"}',
+        "event_not_json",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_BODIES))
+def test_a_hostile_body_is_an_event_error_with_its_own_reason(name: str) -> None:
+    raw, reason = HOSTILE_BODIES[name]
+    with pytest.raises(EventError) as caught:
+        decode_event(raw)
+    assert caught.value.reason == reason
+    assert len(str(caught.value)) < 500, "the reason fits a dead-letter header"
+
+
+def test_a_value_the_validator_cannot_even_show_is_still_an_event_error() -> None:
+    # pydantic's message would repr the input; a huge nested value must not break that
+    raw = COMPLETED + b'"containerInspectionId": 1, "barcode": ' + b"[" * 30 + b"]" * 30 + b"}"
+    with pytest.raises(EventError) as caught:
+        decode_event(raw)
+    assert caught.value.reason in ("event_wrong_type", "event_too_deep")
+
+
+def test_a_twenty_digit_number_is_read_and_refused_by_its_range_not_its_length() -> None:
+    raw = COMPLETED + b'"containerInspectionId": 12345678901234567890}'
+    with pytest.raises(EventError) as caught:
+        decode_event(raw)
+    assert caught.value.reason == "event_bad_value"

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from chimp_worker import __version__
+from chimp_worker.analysis import ModelRef
+from chimp_worker.config import Settings
 from chimp_worker.handling import backoff_delay
-from chimp_worker.health import HealthServer, Liveness
+from chimp_worker.health import HealthServer, Liveness, WorkWatch
 from chimp_worker.metrics import WorkerMetrics
 from chimp_worker.sdnotify import SystemdNotifier
 
@@ -26,12 +29,20 @@ class FakeClock:
         return self.now
 
 
-def get(url: str) -> tuple[int, str]:
+def get(url: str, method: str = "GET") -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        request = urllib.request.Request(url, method=method)
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def headers(url: str, method: str) -> dict[str, str]:
+    request = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+        return dict(response.headers)
 
 
 def test_liveness_is_dead_before_the_first_beat_and_after_the_timeout() -> None:
@@ -91,6 +102,110 @@ def test_healthz_follows_the_io_loop_and_metrics_are_exposed(
     assert 'chimp_messages_total{outcome="acked",queue="work"} 3.0' in exposition
     assert 'chimp_failures_total{reason="image_corrupt"} 1.0' in exposition
     assert get(f"{base}/nothing")[0] == 404
+
+
+def test_head_is_answered_like_get_without_a_body_and_other_methods_are_refused(
+    health: tuple[HealthServer, Liveness, WorkerMetrics, FakeClock],
+) -> None:
+    server, liveness, _metrics, _clock = health
+    base = f"http://127.0.0.1:{server.port}"
+    liveness.beat()
+    assert get(f"{base}/healthz", "HEAD") == (200, "")
+    assert get(f"{base}/metrics", "HEAD") == (200, "")
+    head = headers(f"{base}/metrics", "HEAD")
+    assert head["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert int(head["Content-Length"]) > 1000
+    assert get(f"{base}/metrics", "POST")[0] == 405
+    assert get(f"{base}/nothing", "HEAD")[0] == 404
+
+
+def test_metrics_carry_process_figures_and_say_which_analyser_and_models_run(
+    health: tuple[HealthServer, Liveness, WorkerMetrics, FakeClock],
+) -> None:
+    server, _liveness, metrics, _clock = health
+    classifier = ModelRef("classifier", "convnext_tiny", "ab" * 32)
+    metrics.describe_analyser("chimp", "CHIMP", [classifier])
+    _status, exposition = get(f"http://127.0.0.1:{server.port}/metrics")
+    assert metrics.value("process_resident_memory_bytes") > 10_000_000
+    assert metrics.value("process_cpu_seconds_total") > 0
+    assert "python_info{" in exposition
+    expected_analyser = (
+        f'chimp_analyser_info{{analyser="chimp",schema="CHIMP",version="{__version__}"}} 1.0'
+    )
+    assert expected_analyser in exposition
+    expected_model = (
+        f'chimp_model_info{{name="convnext_tiny",role="classifier",sha256="{"ab" * 32}"}} 1.0'
+    )
+    assert expected_model in exposition
+    assert "chimp_abandoned_threads 0.0" in exposition
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise() -> None:
+    assert Settings().metrics_address == "127.0.0.1"
+    liveness = Liveness(timeout_s=5)
+    server = HealthServer(liveness, WorkerMetrics.create().registry, port=0).start()
+    try:
+        assert server.host == "127.0.0.1"
+        outward = _outward_address()
+        if outward is not None:  # a machine with a network interface: it is not listening there
+            with (
+                pytest.raises(ConnectionRefusedError),
+                socket.create_connection((outward, server.port), 2),
+            ):
+                pass
+    finally:
+        server.stop()
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_stalled_work_turns_healthz_unhealthy_and_stops_touching_the_file(
+    health: tuple[HealthServer, Liveness, WorkerMetrics, FakeClock], tmp_path: Path
+) -> None:
+    server, liveness, _metrics, clock = health
+    liveness.path = tmp_path / "alive"
+    liveness.beat()
+    base = f"http://127.0.0.1:{server.port}"
+    assert get(f"{base}/healthz")[0] == 200
+    liveness.set_stalled("1 message(s) stopped moving: work message m1 silent for 400 s")
+    os.utime(liveness.path, (0, 0))
+    clock.now += 2
+    liveness.beat()  # the I/O loop still turns
+    assert liveness.path.stat().st_mtime == 0, "not touched while the work is stalled"
+    assert not liveness.is_alive()
+    assert get(f"{base}/healthz") == (
+        503,
+        "stalled: 1 message(s) stopped moving: work message m1 silent for 400 s\n",
+    )
+    liveness.set_stalled(None)
+    clock.now += 2
+    liveness.beat()
+    assert liveness.path.stat().st_mtime > 0
+    assert get(f"{base}/healthz")[0] == 200
+
+
+def test_a_work_watch_is_overdue_past_its_steps_deadline_plus_the_stall_timeout() -> None:
+    clock = FakeClock()
+    watch = WorkWatch(10, clock=clock)
+    clock.now += 9
+    assert not watch.overdue()
+    watch.expect(100, "analysing 4 images")  # a bounded step: 100 s of deadline
+    clock.now += 109
+    assert not watch.overdue()
+    clock.now += 2
+    assert watch.overdue()
+    assert (watch.doing, watch.silent_s()) == ("analysing 4 images", 111)
+    watch.beat("writing results")
+    assert not watch.overdue()
 
 
 @pytest.fixture

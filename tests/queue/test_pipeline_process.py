@@ -158,6 +158,26 @@ def test_a_write_the_database_refuses_fails_that_image_once_and_the_plate_goes_o
     assert again.failed == {third: "db_refused_foreign_key"}
 
 
+def test_a_repaired_image_of_a_complete_inspection_completes_it_again_with_new_counts(
+    factory: sessionmaker[Session], plate: Plate, tmp_path: Path
+) -> None:
+    folder = tmp_path / f"dls/imaging/{plate.containerId}"
+    saved = (folder / "2.jpg").read_bytes()
+    (folder / "2.jpg").unlink()
+    pipeline = make_pipeline(factory, tmp_path)
+    assert pipeline.process(plate.inspectionId).completed_inspection
+    (folder / "2.jpg").write_bytes(saved)
+    repaired = pipeline.process(plate.inspectionId)
+    assert repaired.written == (plate.imageIds[1],)
+    assert (repaired.changed, repaired.completed_inspection) == (True, True)
+    with factory() as session:
+        inspection = session.get(ChimpInspection, plate.inspectionId)
+        assert inspection is not None
+        assert (inspection.doneCount, inspection.failedCount) == (5, 0)
+    again = pipeline.process(plate.inspectionId)
+    assert (again.changed, again.completed_inspection) == (False, False)
+
+
 def test_an_analyser_crash_on_one_image_fails_only_that_image(
     factory: sessionmaker[Session], plate: Plate, tmp_path: Path
 ) -> None:
