@@ -153,7 +153,7 @@ def test_models_info_refuses_the_wrong_kind_in_one_line(
     vmxi_detector_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run_cli(["models", "info", "--kind", "xchem", str(vmxi_detector_file)], capsys)
-    assert code == 1
+    assert code == 2  # a bad model file is a configuration error: systemd must not loop
     assert "has 2 classes, expected 3" in err
     assert "Traceback" not in err
     assert out == ""
@@ -165,7 +165,7 @@ def test_models_info_refuses_a_truncated_file(
     truncated = tmp_path / "classifier.pt"
     truncated.write_bytes(classifier_file.read_bytes()[:1_000_000])
     code, _, err = run_cli(["models", "info", "--kind", "classifier", str(truncated)], capsys)
-    assert code == 1
+    assert code == 2
     lines = err.strip().splitlines()
     assert lines[0] == (
         f"chimp-worker: bad_model_file: classifier file {truncated} is truncated or not a "
@@ -181,7 +181,7 @@ def test_analyse_with_a_detector_file_as_the_classifier_fails_cleanly(
     code, _, err = run_cli(
         ["analyse", "--classifier", str(vmxi_detector_file), str(image_files["png"])], capsys
     )
-    assert code == 1
+    assert code == 2
     assert err.strip().count("\n") == 0
     assert "is a Mask R-CNN detector state_dict, not a classifier checkpoint" in err
 
