@@ -84,7 +84,7 @@ def demo(
     from chimp_worker.mock_imager.demo import DemoOptions
 
     settings = app.settings()
-    configure_logging("ERROR", "console")  # failed images are summarised below instead
+    configure_logging("ERROR", settings.log_format)  # failed images are summarised below
     # A terminal sets the width; piped or captured output gets room for the table.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     options = DemoOptions(
