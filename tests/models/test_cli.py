@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from chimp_worker.analysis import CLASS_NAMES, DispenseStatus
+from chimp_worker.analysis import DispenseStatus
 from chimp_worker.cli import main
 from chimp_worker.geometry import dispense_point, mask_centroid
 from chimp_worker.mock_imager.synthetic import render_micrograph
@@ -90,7 +90,7 @@ def test_analyse_prints_writes_json_and_overlays_and_reports_a_bad_file(
     assert gone["error"]["reason"] == "image_missing"
     for entry in (png, jpeg):
         assert (entry["width"], entry["height"]) == (320, 256)
-        assert set(entry["probabilities"]) == set(CLASS_NAMES)
+        assert set(entry["probabilities"]) == {"clear", "crystal", "other", "precipitant"}
         assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert entry["top_class"] == max(entry["probabilities"], key=entry["probabilities"].get)
 
