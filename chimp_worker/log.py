@@ -24,7 +24,11 @@ import structlog
 
 SERVICE = "chimp-worker"
 # Loggers of libraries that are chatty at INFO; their warnings and errors still come through.
-NOISY_LOGGERS = ("pika", "urllib3", "PIL", "alembic.runtime.migration", "matplotlib", "timm")
+NOISY_LOGGERS = ("urllib3", "PIL", "alembic.runtime.migration", "matplotlib", "timm")
+# pika logs each failed connect or lost connection at ERROR several times over, with a
+# traceback; the worker says the same in one line of its own (broker_unavailable, or the
+# command's error), so pika speaks only at DEBUG (as warnings then) or when it is critical.
+PIKA_LOGGER = "pika"
 # syslog priorities (sd-daemon(3) prefixes) by structlog level name
 JOURNAL_PRIORITIES = {
     "critical": 2,
@@ -141,6 +145,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(numeric_level)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, numeric_level))
+    pika_level = logging.WARNING if numeric_level <= logging.DEBUG else logging.CRITICAL
+    logging.getLogger(PIKA_LOGGER).setLevel(pika_level)
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
