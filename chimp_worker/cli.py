@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # --debug lets errors through; an interrupt still exits 130
         click.echo("chimp-worker: interrupted", err=True)
         sys.exit(INTERRUPTED)
-    sys.exit(result if isinstance(result, int) else 0)
+    if isinstance(result, int) and not isinstance(result, bool) and result:
+        sys.exit(result)  # a command that returned its own status (ctx.exit)
 
 
 if __name__ == "__main__":

@@ -122,9 +122,15 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         _add_origin(socket.gethostname()),
     ]
     numeric_level = logging.getLevelName(level.upper())
+    # The level is the standard library's (filter_by_level first), not baked into the bound
+    # logger: structlog.testing.capture_logs, which swaps the processors, then sees every level.
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )

@@ -85,12 +85,13 @@ def test_table_shows_the_per_drop_columns(capsys, known_plate):
     code, out, _ = run(capsys, known_plate.url, "--barcode", "STAFF-001")
     assert code == 0
     assert "Plate STAFF-001 · CrystalQuickX · mx1234-5 · latest image per drop" in out
+    assert "weight-free baseline" not in out, "the CHiMP models made these results"
     lines = [line.split() for line in out.splitlines() if line.strip().startswith("A")]
     assert lines == [
-        ["A1", "1", "1", "5", "done", "crystal", "0.95", "3", "(620,", "480)", "ok"],
-        ["A1", "2", "2", "6", "done", "clear", "0.2", "0", "(615,", "525)", "ok"],
-        ["A2", "1", "3", "7", "done", "crystal", "0.5", "1", "no", "drop"],
-        ["A2", "2", "4", "8", "done", "clear", "0.05", "0", "(630,", "470)", "ok"],
+        ["A1", "1", "1", "5", "done", "CHIMP", "crystal", "0.95", "3", "(620,", "480)", "ok"],
+        ["A1", "2", "2", "6", "done", "CHIMP", "clear", "0.2", "0", "(615,", "525)", "ok"],
+        ["A2", "1", "3", "7", "done", "CHIMP", "crystal", "0.5", "1", "no", "drop"],
+        ["A2", "2", "4", "8", "done", "CHIMP", "clear", "0.05", "0", "(630,", "470)", "ok"],
     ]
 
 
