@@ -26,6 +26,19 @@ ISPYB_SCORE_CLASS: Mapping[str, str] = {
     "other": "other",
 }
 
+# The one mapping a user is shown where the classifier's own names appear (evaluation, whose
+# tables follow the paper): every other output uses ISPyB's names.
+CLASS_NAMES_NOTE = (
+    "classes: ISPyB's names (crystal, clear, precipitant, other); the CHiMP classifier file "
+    "and the paper call crystal 'crystals' and precipitant 'precipitate'"
+)
+
+
+def ispyb_class(name: str | None) -> str | None:
+    """A class name as ISPyB and SynchWeb show it (``crystals`` -> ``crystal``)."""
+    return None if name is None else ISPYB_SCORE_CLASS.get(name, name)
+
+
 CHIMP_SCHEMA = "CHIMP"
 BASELINE_SCHEMA = "BASELINE_CV"  # the weight-free analyser never writes under CHIMP
 

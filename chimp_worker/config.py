@@ -1,9 +1,17 @@
 """Settings: one object, built once in ``main`` and passed down; never read at import time.
 
-Sources, highest priority first: explicit keyword arguments, ``CHIMP_*`` environment variables,
-a TOML file (``--config`` or ``CHIMP_CONFIG``), defaults. The database URL may instead come from
-the facility's ISPyB credentials ini named by ``ISPYB_CREDENTIALS`` (section
-``[ispyb_sqlalchemy]``), which is turned into a ``mysql+mysqldb://`` URL.
+Sources, highest priority first: explicit keyword arguments (command-line options),
+``CHIMP_*`` environment variables, a TOML file (``--config``, ``CHIMP_CONFIG``, else
+``/etc/chimp-worker/chimp-worker.toml`` when it exists), defaults. Two settings come from the
+facility's own credentials files instead, read literally (a ``%`` is just a character):
+
+- the database URL from the ISPyB credentials ini named by ``ISPYB_CREDENTIALS`` (section
+  ``[ispyb_sqlalchemy]``), turned into a ``mysql+mysqldb://`` URL;
+- the broker's host, port, user, password and vhost from ``amqp_credentials``: an ini file with
+  a ``[rabbit]`` section (python-workflows) or a zocalo site-configuration YAML (a block with
+  ``plugin: pika``).
+
+``load_settings_with_sources`` also says where each value came from (``config show``).
 """
 
 from __future__ import annotations
@@ -25,7 +33,10 @@ from pydantic_settings import (
 from chimp_worker.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///chimp-worker.sqlite"
+DEFAULT_CONFIG_FILE = Path("/etc/chimp-worker/chimp-worker.toml")
 ISPYB_CREDENTIALS_SECTION = "ispyb_sqlalchemy"
+RABBIT_SECTION = "rabbit"  # python-workflows' PikaTransport configuration file
+ZOCALO_PIKA_PLUGIN = "pika"  # a zocalo site-configuration block for the same
 _SECRET_FIELDS = ("database_url", "amqp_url", "image_url_template")
 
 
@@ -50,7 +61,19 @@ class Settings(BaseSettings):
     database_retry_attempts: int = Field(5, ge=1, le=50)
 
     # --- broker -----------------------------------------------------------------------------
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    amqp_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        description="amqp:// or amqps:// (TLS) URL of RabbitMQ; the vhost / is written %2F",
+    )
+    amqp_credentials: Path | None = Field(
+        None,
+        description="the facility's broker credentials: an ini file with a [rabbit] section or "
+        "a zocalo YAML (plugin: pika); host, port, username, password and vhost from it "
+        "replace amqp_url's (its amqp:// or amqps:// scheme stays)",
+    )
+    amqp_credentials_section: str | None = Field(
+        None, description="which zocalo block to read when the YAML has several pika blocks"
+    )
     amqp_heartbeat_s: int = Field(10, ge=1, le=600)
     amqp_blocked_timeout_s: float = Field(60.0, gt=0)
     events_queue: str = "chimp.inspection-completed"
@@ -126,7 +149,9 @@ class Settings(BaseSettings):
         60.0, gt=0, description="/healthz fails when the I/O loop is silent this long"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON lines, or readable lines when stderr is a terminal"
+    )
 
     # --- reliability: deadlines, work liveness, outages, where metrics listen ----------------
     # (docs/reliability.md and docs/operations.md say what each one changes)
@@ -184,8 +209,15 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("amqp", "amqps"):
+        parts = urlsplit(value)
+        if parts.scheme not in ("amqp", "amqps"):
             raise ValueError("must be an amqp:// or amqps:// URL")
+        try:
+            parts.port  # noqa: B018 -- parsing the port is the check
+        except ValueError:
+            raise ValueError(
+                "must be amqp[s]://user:password@host:port/vhost with a numeric port"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -193,6 +225,11 @@ class Settings(BaseSettings):
         if self.ispyb_credentials is not None:
             url = database_url_from_credentials(self.ispyb_credentials)
             object.__setattr__(self, "database_url", url)
+        if self.amqp_credentials is not None:
+            url = amqp_url_from_credentials(
+                self.amqp_credentials, self.amqp_credentials_section, scheme=self.amqp_scheme
+            )
+            object.__setattr__(self, "amqp_url", url)
         if not self.database_url.startswith(("sqlite", "mysql", "mariadb", "postgresql")):
             raise ValueError(
                 "database_url: expected an SQLAlchemy URL such as "
@@ -200,6 +237,10 @@ class Settings(BaseSettings):
             )
         _check_database_url(self.database_url)
         return self
+
+    @property
+    def amqp_scheme(self) -> str:
+        return urlsplit(self.amqp_url).scheme
 
     @property
     def has_model_files(self) -> bool:
@@ -274,13 +315,7 @@ def _mask_mapping(data: dict[str, Any]) -> dict[str, Any]:
 
 def database_url_from_credentials(path: Path) -> str:
     """Build ``mysql+mysqldb://`` from the facility's ``[ispyb_sqlalchemy]`` ini file."""
-    if not path.is_file():
-        raise ValueError(f"ispyb_credentials: file {path} does not exist")
-    parser = configparser.ConfigParser()
-    parser.read(path)
-    if ISPYB_CREDENTIALS_SECTION not in parser:
-        raise ValueError(f"ispyb_credentials: {path} has no [{ISPYB_CREDENTIALS_SECTION}] section")
-    section = parser[ISPYB_CREDENTIALS_SECTION]
+    section = _ini_section(path, ISPYB_CREDENTIALS_SECTION, "ispyb_credentials")
     missing = [k for k in ("username", "password", "host", "database") if k not in section]
     if missing:
         raise ValueError(f"ispyb_credentials: {path} lacks {', '.join(missing)}")
@@ -292,17 +327,153 @@ def database_url_from_credentials(path: Path) -> str:
     return f"mysql+mysqldb://{user}:{password}@{section['host']}:{port}/{section['database']}"
 
 
+def amqp_url_from_credentials(path: Path, section: str | None = None, *, scheme: str) -> str:
+    """Build an AMQP URL from a broker credentials file in one of the facility's formats.
+
+    ``*.yaml`` / ``*.yml``: a zocalo site configuration (the block named ``section``, else the
+    default environment's pika block, else the only pika block) or a file holding one block;
+    anything else: an ini file with a ``[rabbit]`` section. Keys: host (a comma-separated list:
+    the first), port (5672), username, password, vhost (/).
+    """
+    if path.suffix in (".yaml", ".yml"):
+        values = _zocalo_pika_block(path, section)
+    else:
+        values = dict(_ini_section(path, RABBIT_SECTION, "amqp_credentials"))
+    missing = [key for key in ("host", "username", "password") if not values.get(key)]
+    if missing:
+        raise ValueError(f"amqp_credentials: {path} lacks {', '.join(missing)}")
+    host = str(values["host"]).split(",")[0].strip()
+    port = str(values.get("port") or "5672").split(",")[0].strip()
+    if not port.isdigit():
+        raise ValueError(f"amqp_credentials: port in {path} must be a number, got {port!r}")
+    user = quote(str(values["username"]), safe="")
+    password = quote(str(values["password"]), safe="")
+    vhost = quote(str(values.get("vhost") or "/"), safe="")
+    return f"{scheme}://{user}:{password}@{host}:{port}/{vhost}"
+
+
+def _ini_section(path: Path, name: str, setting: str) -> configparser.SectionProxy:
+    """One section of an ini file read literally (no %-interpolation, as python-ispyb and
+    workflows read it); a parse error names the line, never its content (it may be a password)."""
+    if not path.is_file():
+        raise ValueError(f"{setting}: file {path} does not exist")
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(path.read_text(), source=str(path))
+    except configparser.Error as exc:
+        line = getattr(exc, "lineno", None)
+        where = f" at line {line}" if line else ""
+        raise ValueError(
+            f"{setting}: {path} is not a valid ini file ({type(exc).__name__}{where})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {type(exc).__name__}") from None
+    if name not in parser:
+        raise ValueError(f"{setting}: {path} has no [{name}] section")
+    return parser[name]
+
+
+def _zocalo_pika_block(path: Path, section: str | None) -> dict[str, Any]:
+    """The zocalo configuration block with the broker's connection (``plugin: pika``)."""
+    data = _read_yaml(path)
+    if data.get("plugin") == ZOCALO_PIKA_PLUGIN:  # a file holding the block alone
+        return data
+    blocks = {
+        name: value
+        for name, value in data.items()
+        if name not in ("version", "environments", "include")
+    }
+
+    def load(name: str) -> dict[str, Any] | None:
+        value = blocks.get(name)
+        if isinstance(value, str):  # zocalo: a block kept in a file of its own
+            value = _read_yaml(path.parent / value)
+        if isinstance(value, dict) and value.get("plugin") == ZOCALO_PIKA_PLUGIN:
+            return value
+        return None
+
+    if section is not None:
+        block = load(section)
+        if block is None:
+            raise ValueError(
+                f"amqp_credentials_section: {path} has no block {section!r} with plugin: pika"
+            )
+        return block
+    chosen = [name for name in _default_environment_blocks(data) if load(name) is not None]
+    if len(chosen) == 1:
+        return load(chosen[0]) or {}
+    inline = [name for name, value in blocks.items() if isinstance(value, dict) and load(name)]
+    if len(inline) == 1:
+        return load(inline[0]) or {}
+    found = ", ".join(chosen or inline) or "none"
+    raise ValueError(
+        f"amqp_credentials: {path} needs amqp_credentials_section to say which block with "
+        f"plugin: pika to use (found: {found})"
+    )
+
+
+def _default_environment_blocks(data: dict[str, Any]) -> list[str]:
+    """Block names of zocalo's ``default`` environment (following aliases)."""
+    environments = data.get("environments") or {}
+    environment: Any = environments.get("default")
+    for _ in range(10):
+        if not isinstance(environment, str):
+            break
+        environment = environments.get(environment)
+    if not isinstance(environment, dict):
+        return []
+    names: list[str] = []
+    for value in environment.values():
+        names += [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
+    return names
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise ValueError(f"amqp_credentials: file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"amqp_credentials: {path} is not valid YAML{where}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"amqp_credentials: cannot read {path}: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"amqp_credentials: {path} does not hold a YAML mapping")
+    return data
+
+
+def default_config_file() -> Path | None:
+    """The facility-wide settings file, when there is one."""
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build and validate settings; any problem becomes one ``ConfigError`` naming the setting."""
+    return load_settings_with_sources(config_file, **overrides)[0]
+
+
+def load_settings_with_sources(
+    config_file: Path | None = None, **overrides: Any
+) -> tuple[Settings, dict[str, str]]:
+    """Settings, and for each one where its value came from (for ``config show``)."""
+    if config_file is None and not os.environ.get("CHIMP_CONFIG"):
+        config_file = default_config_file()
     previous = os.environ.get("CHIMP_CONFIG")
     if config_file is not None:
         if not config_file.is_file():
             raise ConfigError(f"config file: {config_file} does not exist")
         os.environ["CHIMP_CONFIG"] = str(config_file)
+    from_environment = set()
     if "ispyb_credentials" not in overrides and os.environ.get("ISPYB_CREDENTIALS"):
         overrides["ispyb_credentials"] = Path(os.environ["ISPYB_CREDENTIALS"])
+        from_environment.add("ispyb_credentials")
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        file_keys = _toml_keys(Path(os.environ["CHIMP_CONFIG"])) if config_file else set()
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except (OSError, ValueError) as exc:  # unreadable or unparsable TOML file
@@ -313,6 +484,38 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 os.environ.pop("CHIMP_CONFIG", None)
             else:
                 os.environ["CHIMP_CONFIG"] = previous
+    return settings, _sources(settings, config_file, set(overrides) - from_environment, file_keys)
+
+
+def _toml_keys(path: Path) -> set[str]:
+    import tomllib
+
+    with path.open("rb") as handle:
+        return set(tomllib.load(handle))
+
+
+def _sources(
+    settings: Settings, config_file: Path | None, given: set[str], file_keys: set[str]
+) -> dict[str, str]:
+    environment = {name.upper() for name in os.environ}
+    sources = {}
+    for name in Settings.model_fields:
+        variable = f"CHIMP_{name.upper()}"
+        if name in given:
+            sources[name] = "command line"
+        elif name == "ispyb_credentials" and "ISPYB_CREDENTIALS" in environment:
+            sources[name] = "environment ISPYB_CREDENTIALS"
+        elif variable in environment:
+            sources[name] = f"environment {variable}"
+        elif name in file_keys:
+            sources[name] = f"file {config_file}"
+        else:
+            sources[name] = "default"
+    if settings.ispyb_credentials is not None:
+        sources["database_url"] = f"ISPyB credentials file {settings.ispyb_credentials}"
+    if settings.amqp_credentials is not None:
+        sources["amqp_url"] = f"broker credentials file {settings.amqp_credentials}"
+    return sources
 
 
 def _describe(exc: ValidationError) -> str:
@@ -322,8 +525,11 @@ def _describe(exc: ValidationError) -> str:
         field = ".".join(str(part) for part in error["loc"]) or "settings"
         env = f"CHIMP_{field.upper()}" if error["loc"] else ""
         given = error.get("input")
-        shown = "" if isinstance(given, dict) or field in _SECRET_FIELDS else f" (got {given!r})"
+        hidden = isinstance(given, dict) or field in _SECRET_FIELDS or not error["loc"]
+        shown = "" if hidden else f" (got {given!r})"
         message = error["msg"].removeprefix("Value error, ")
-        name = f"{field} [{env}]" if env else field
-        lines.append(f"invalid setting {name}: {message}{shown}")
+        if not error["loc"]:  # a check across settings names them itself
+            lines.append(f"invalid settings: {message}")
+            continue
+        lines.append(f"invalid setting {field} [{env}]: {message}{shown}")
     return "; ".join(lines)

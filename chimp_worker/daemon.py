@@ -174,6 +174,7 @@ class Daemon:
         self._consuming = False  # consumers are started (not paused for a database outage)
         self._draining = False  # shutting down: consumers stay cancelled
         self._stalled_reported: str | None = None
+        self._last_broker_error: str | None = None
         self._pools: dict[str, _WorkerPool] = {}
         self.handler = MessageHandler(
             settings,
@@ -203,7 +204,12 @@ class Daemon:
         signal.signal(signal.SIGINT, on_signal)
 
     def run(self) -> int:
-        """Consume until stopped (signal, ``max_messages``, ``idle_exit_s``); returns 0."""
+        """Consume until stopped (signal, ``max_messages``, ``idle_exit_s``); returns 0.
+
+        Raises ``BrokerAccessError`` (exit 2) when the broker refuses the login or vhost, and
+        ``BrokerUnavailableError`` (exit 1) when ``idle_exit_s`` ran out without the broker
+        ever being reached: an idle batch job that never connected did not succeed.
+        """
         self._pools = {
             "events": _WorkerPool("chimp-events", 1, self._run_job),
             "work": _WorkerPool("chimp-work", self.settings.concurrency, self._run_job),
@@ -246,6 +252,12 @@ class Daemon:
                 health.stop()
             self.liveness.clear()
         log.info("worker_stopped", messages=self._received)
+        if not self._ready_sent and not self._stop_requested:
+            raise BrokerUnavailableError(
+                f"never reached RabbitMQ within --idle-exit {self.idle_exit_s:g} s "
+                f"({self._last_broker_error or 'no connection'}); check CHIMP_AMQP_URL and "
+                "that the broker is running"
+            )
         return 0
 
     # --- I/O thread --------------------------------------------------------------------------
@@ -423,6 +435,7 @@ class Daemon:
         if session is not None:
             session.close()
         self.metrics.reconnects.inc()
+        self._last_broker_error = str(error)
         stale = sum(1 for key in self._in_flight if session and key[0] == session.session_id)
         log.warning(
             "broker_unavailable",

@@ -4,7 +4,9 @@ The consumer decides what to do with a message from the branch alone:
 ``TransientError`` -> retry, then requeue; ``PermanentError`` -> dead-letter with the reason.
 Foreign errors (pika, SQLAlchemy, Pillow, requests) are translated where they enter.
 Every error carries a short machine-readable ``reason`` (used in dead-letter headers, the
-worker's failure rows and metrics labels) and a human message.
+worker's failure rows and metrics labels), a human message that names the cause and the fix,
+and the ``exit_status`` a command ends with when the error reaches the command line
+(``chimp_worker.exits``: 1 runtime failure, 2 configuration or usage).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ class ChimpError(Exception):
     """Root of every error chimp-worker raises on purpose."""
 
     reason: str = "error"
+    exit_status: int = 1  # a runtime failure; configuration and usage errors say 2
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
@@ -44,6 +47,13 @@ class ConfigError(PermanentError):
     """A setting is missing or has the wrong form; names the setting and what was expected."""
 
     reason = "bad_config"
+    exit_status = 2
+
+
+class OptionalDependencyError(ConfigError):
+    """A command needs a package of an extra that is not installed (``chimp-worker[evaluate]``)."""
+
+    reason = "missing_extra"
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -74,6 +84,12 @@ class BrokerUnavailableError(TransientError):
     """RabbitMQ cannot be reached, closed the connection, or refused (nacked) a publish."""
 
     reason = "broker_unavailable"
+
+
+class BrokerAccessError(ConfigError):
+    """RabbitMQ refused the login, the virtual host, or a permission: no retry can fix it."""
+
+    reason = "broker_access"
 
 
 class UnroutableMessageError(PermanentError):
@@ -109,6 +125,12 @@ class DatabaseUnavailableError(TransientError):
     reason = "database_unavailable"
 
 
+class DatabaseAccessError(ConfigError):
+    """Wrong credentials, a missing grant, an unknown database or SQLite file: fix the settings."""
+
+    reason = "database_access"
+
+
 class DatabaseError(ChimpError):
     """A database error no retry is known to fix (a revoked grant, a missing column, a trigger
     refusing a write, a bug): neither the input's fault nor an outage. The message is
@@ -128,6 +150,7 @@ class MissingScoreClassError(PermanentError):
     """The auto-score schema or one of its classes is not in ISPyB (run ``db upgrade``)."""
 
     reason = "missing_score_class"
+    exit_status = 2
 
 
 class ScoreSchemaError(ConfigError):
@@ -149,8 +172,9 @@ class DatabaseRefusedError(PermanentError):
     reason = "db_refused"
 
 
-class DatabaseSchemaError(PermanentError):
-    """The database's schema cannot be created or upgraded as asked (e.g. core on real ISPyB)."""
+class DatabaseSchemaError(ConfigError):
+    """The schema is missing or old (run ``db upgrade``), or cannot be created or upgraded as
+    asked (e.g. core tables inside a real ISPyB)."""
 
     reason = "database_schema"
 
@@ -233,6 +257,7 @@ class ModelFileError(PermanentError):
     """A model file that is missing, truncated, of the wrong kind or the wrong shape."""
 
     reason = "bad_model_file"
+    exit_status = 2
 
 
 # --- evaluation and training ---------------------------------------------------------------
@@ -243,3 +268,4 @@ class DatasetError(PermanentError):
     file, the row or image, and what was expected."""
 
     reason = "bad_dataset"
+    exit_status = 2

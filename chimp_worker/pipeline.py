@@ -133,7 +133,17 @@ def make_analyser(settings: Settings) -> Analyser:
         return ChimpAnalyser.from_settings(settings)
     from chimp_worker.baseline import BaselineAnalyser
 
-    return BaselineAnalyser(settings)
+    analyser = BaselineAnalyser(settings)
+    log.warning(
+        "baseline_analyser_running",
+        analyser=analyser.name,
+        schema=analyser.schema_name,
+        why="analyser=baseline" if settings.analyser == "baseline" else "no model files set",
+        queueable_targets=settings.baseline_writes_targets,
+        fix="set CHIMP_CLASSIFIER_PATH and CHIMP_VMXI_DETECTOR_PATH / CHIMP_XCHEM_DETECTOR_PATH "
+        "for the CHiMP models",
+    )
+    return analyser
 
 
 class Pipeline:
@@ -301,7 +311,7 @@ class Pipeline:
                             continue
                     changed_any |= self._record_failure(image_id, result)
                     failed[image_id] = result.reason
-                    report(image_id, "failed", result.reason, seconds)
+                    report(image_id, "failed", result.reason, seconds, str(result))
                 beat.beat("writing results")
         return written, failed, changed_any
 
@@ -410,7 +420,7 @@ class Pipeline:
         except ChimpError:
             raise
         except Exception as error:  # recorded against this image; the plate goes on
-            log.exception("image_analysis_failed")
+            log.debug("image_analysis_traceback", exc_info=True)  # image_failed says the rest
             return AnalysisError(f"analyser failed: {type(error).__name__}: {error}")
 
     def _write(self, image_id: int, analysis: ImageAnalysis) -> bool:
@@ -425,7 +435,6 @@ class Pipeline:
         """Record the failure; True unless that exact failure was already recorded."""
         from chimp_worker.ispyb.writer import record_image_failure
 
-        log.warning("image_failed", reason=error.reason, detail=str(error))
         return record_image_failure(
             self.session_factory, image_id, error.reason, str(error), self.analyser.name
         )
@@ -441,12 +450,19 @@ class _Reporter:
         self.index = 0
 
     def __call__(
-        self, image_id: int, outcome: ImageOutcome, reason: str | None, seconds: float
+        self,
+        image_id: int,
+        outcome: ImageOutcome,
+        reason: str | None,
+        seconds: float,
+        detail: str | None = None,
     ) -> None:
+        """One log line per image; a failed image's is a warning with reason and detail."""
         self.index += 1
         if outcome != "skipped":
-            details = {"reason": reason} if reason else {}
-            log.info(
+            details = {"reason": reason, "detail": detail} if reason else {}
+            method = log.warning if outcome == "failed" else log.info
+            method(
                 "image_" + outcome, blsample_image_id=image_id, seconds=round(seconds, 3), **details
             )
         if self.callback is not None:

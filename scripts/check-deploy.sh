@@ -72,7 +72,8 @@ fi
 
 if wanted shell; then
     step "shell scripts: shellcheck"
-    "$bin/shellcheck" "$deploy/docker/chimp-worker-alive" "$repo/scripts/check-deploy.sh" ||
+    "$bin/shellcheck" "$deploy/docker/chimp-worker-alive" "$repo/scripts/check-deploy.sh" \
+        "$repo/scripts/build-image.sh" ||
         fail "shellcheck"
 fi
 

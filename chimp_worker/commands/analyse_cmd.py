@@ -102,12 +102,13 @@ def _print_table(outcomes: list[Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from chimp_worker.analysis import CLASS_NAMES, DispenseStatus
+    from chimp_worker.analysis import CLASS_NAMES, DispenseStatus, ispyb_class
 
-    table = Table(title="CHiMP analysis")
+    schemas = sorted({o.analysis.schema_name for o in outcomes if o.analysis is not None})
+    table = Table(title=f"CHiMP analysis, schema {', '.join(schemas) or '-'}")
     table.add_column("image", overflow="fold")
     for name in CLASS_NAMES:
-        table.add_column(f"P({name})", justify="right")
+        table.add_column(f"P({ispyb_class(name)})", justify="right")
     table.add_column("top")
     table.add_column("crystals", justify="right")
     table.add_column("dispense (x, y)")
@@ -128,7 +129,8 @@ def _print_table(outcomes: list[Any]) -> None:
             where = f"{dispense.status.value} ({dispense.drops_seen} drop(s))"
         detected = any(ref.role.endswith("detector") for ref in analysis.models)
         crystals = str(len(analysis.crystal_targets)) if detected else "-"
-        table.add_row(outcome.path.name, *cells, analysis.top_class or "-", crystals, where)
+        top = ispyb_class(analysis.top_class) or "-"
+        table.add_row(outcome.path.name, *cells, top, crystals, where)
     Console(width=160).print(table)
     for outcome in outcomes:
         if outcome.error is not None:

@@ -48,7 +48,12 @@ def upgrade_command(app: AppContext, target: str, sql: bool) -> None:
 
     settings = app.settings()
     if sql:
-        click.echo(schema.upgrade_sql(settings.database_url, target), nl=False)  # type: ignore[arg-type]
+        ddl = schema.upgrade_sql(
+            settings.database_url,
+            target,  # type: ignore[arg-type]
+            connect_args=settings.database_connect_args,
+        )
+        click.echo(ddl, nl=False)
         return
     report = schema.upgrade(
         settings.database_url,
@@ -77,7 +82,9 @@ def current_command(app: AppContext) -> None:
     from chimp_worker.ispyb import schema
 
     settings = app.settings()
-    kind, revisions, heads = schema.current(settings.database_url)
+    kind, revisions, heads = schema.current(
+        settings.database_url, connect_args=settings.database_connect_args
+    )
     click.echo(f"database: {mask_url(settings.database_url)} ({kind})")
     for history, revision in revisions.items():
         head = heads[history]

@@ -84,7 +84,7 @@ def demo(
     from chimp_worker.mock_imager.demo import DemoOptions
 
     settings = app.settings()
-    configure_logging("ERROR", "console")  # failed images are summarised below instead
+    configure_logging("ERROR", settings.log_format)  # failed images are summarised below
     # A terminal sets the width; piped or captured output gets room for the table.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     options = DemoOptions(
@@ -157,6 +157,8 @@ def _run_with_progress(console: Console, settings: Settings, options: DemoOption
 def _print_overview(console: Console, result: DemoResult) -> None:
     from rich.table import Table
 
+    from chimp_worker.analysis import ispyb_class
+
     plate = result.plate
     checks = result.checks
     console.print(
@@ -166,7 +168,9 @@ def _print_overview(console: Console, result: DemoResult) -> None:
         f"(schema {result.schema_name}) in {result.seconds:.1f} s"
     )
     table = Table(
-        title=f"latest inspection {plate.latest.containerInspectionId}", title_justify="left"
+        title=f"latest inspection {plate.latest.containerInspectionId}, schema "
+        f"{result.schema_name} (classes as ISPyB names them)",
+        title_justify="left",
     )
     for heading in (
         "well",
@@ -191,7 +195,7 @@ def _print_overview(console: Console, result: DemoResult) -> None:
         table.add_row(
             check.image.well,
             str(check.image.drop),
-            check.image.truth.outcome
+            (ispyb_class(check.image.truth.outcome) or "-")
             + (f" ({len(check.image.truth.crystals)})" if check.image.truth.crystals else ""),
             row.topClass or "-",
             "-" if p_crystal is None else f"{p_crystal:.2f}",
@@ -228,7 +232,10 @@ def _print_plate_map(console: Console, result: DemoResult) -> None:
             mark = f"[rgb({red},{green},60)]{char}[/]"
         by_well.setdefault(check.image.well, []).append(mark)
     used_rows = sorted({well[0] for well in by_well})
-    console.print("\nplate map (X crystals, . clear, p precipitate, o other, ! failed):")
+    console.print(
+        f"\nplate map, top class (schema {result.schema_name}): "
+        "X crystal, . clear, p precipitant, o other, ! failed"
+    )
     console.print("     " + "".join(f"{column:<4}" for column in range(1, 13)))
     for letter in used_rows:
         cells = [

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from chimp_worker.analysis import CLASS_NAMES_NOTE
 from chimp_worker.cli import AppContext, pass_app
 from chimp_worker.commands.options import (
     FILE,
@@ -132,6 +133,7 @@ def classifier(
     console.print(report.table5([(result.name, result.test_set, result.metrics)]))
     console.print(report.per_class_table(result.metrics, "Per-class precision, recall and F1"))
     console.print(report.confusion_table(result.metrics))
+    console.print(CLASS_NAMES_NOTE)
     written = [report.plot_classifier_curves(result.pr_curves(), plots)] if plots else []
     _write_outputs(result.as_dict(), json_path, written)
 
@@ -296,5 +298,6 @@ def mock_dataset(
         raise click.BadParameter(str(exc)) from None
     classes = ", ".join(f"{name} {n}" for name, n in sorted(exported.per_class.items()))
     click.echo(f"wrote {exported.images} images ({classes}; {exported.crystals} crystals)")
+    click.echo(CLASS_NAMES_NOTE)
     click.echo(f"labels: {exported.labels_csv}")
     click.echo(f"annotations: {exported.annotations}")

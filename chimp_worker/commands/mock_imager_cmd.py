@@ -116,7 +116,7 @@ def mock_imager(
     from chimp_worker.mock_imager.imager import PlateRequest
 
     settings = app.settings()
-    configure_logging(settings.log_level, "console")
+    configure_logging(settings.log_level, settings.log_format)
     default_root = settings.image_roots[0] if settings.image_roots else Path("mock-images")
     root = (image_root or default_root).resolve()
     if serve_only and serve_port is None:

@@ -117,7 +117,7 @@ def replay(
     if announce and not local:
         raise click.UsageError("--announce goes with --local (queued work is announced by daemons)")
     settings = app.settings()
-    configure_logging("WARNING", "console")  # the progress bar and summary speak for it
+    configure_logging("WARNING", settings.log_format)  # progress bar and summary speak for it
     filters = ReplayFilters(
         since=since,
         until=until,

@@ -7,7 +7,13 @@ import sys
 
 import click
 
+from chimp_worker.analysis import BASELINE_SCHEMA
 from chimp_worker.cli import AppContext, pass_app
+
+BASELINE_NOTE = (
+    f"schema {BASELINE_SCHEMA}: made by the weight-free baseline analyser, not the CHiMP "
+    "models; set the model files and run `chimp-worker replay --model-changed` to redo them"
+)
 
 
 @click.command()
@@ -91,3 +97,5 @@ def results(
         engine.dispose()
     width = shutil.get_terminal_size((240, 24)).columns if sys.stdout.isatty() else 240
     click.echo(tables.render(rows, columns, fmt, title=title, meta=meta, width=width), nl=False)
+    if fmt == "table" and any(row.get("schema") == BASELINE_SCHEMA for row in rows):
+        click.echo(BASELINE_NOTE)

@@ -14,13 +14,21 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from chimp_worker.errors import DatabaseError, DatabaseRefusedError, DatabaseUnavailableError
+from chimp_worker.errors import (
+    ChimpError,
+    DatabaseAccessError,
+    DatabaseError,
+    DatabaseRefusedError,
+    DatabaseSchemaError,
+    DatabaseUnavailableError,
+)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MYSQL_POOL_RECYCLE_S = 1800
@@ -48,11 +56,19 @@ TRANSIENT_MYSQL_CODES: Mapping[int, str] = {
 TRANSIENT_SQLITE_MESSAGES = ("database is locked", "database table is locked", "disk i/o error")
 
 
-def make_engine(url: str, connect_args: Mapping[str, Any] | None = None) -> Engine:
-    """An Engine for ISPyB or an SQLite file, configured for short, retryable transactions."""
+def make_engine(
+    url: str, connect_args: Mapping[str, Any] | None = None, *, create: bool = False
+) -> Engine:
+    """An Engine for ISPyB or an SQLite file, configured for short, retryable transactions.
+
+    An SQLite file that does not exist is refused (``DatabaseAccessError``) unless ``create``:
+    only schema creation makes one, so a query with a mistyped path never leaves an empty file.
+    """
     parsed = make_url(url)
     args = dict(connect_args or {})
     if parsed.get_backend_name() == "sqlite":
+        if not create and parsed.database not in (None, "", ":memory:"):
+            _require_sqlite_file(parsed.database)
         args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
         engine = create_engine(url, connect_args=args, pool_pre_ping=True, hide_parameters=True)
         _configure_sqlite(engine, in_memory=parsed.database in (None, "", ":memory:"))
@@ -71,6 +87,18 @@ def make_engine(url: str, connect_args: Mapping[str, Any] | None = None) -> Engi
         isolation_level="READ COMMITTED",
         hide_parameters=True,  # rows of image ids and results never end up in an error or log
     )
+
+
+def _require_sqlite_file(database: str) -> None:
+    if database.startswith("file:"):  # a URI filename: sqlite3 itself reports a missing file
+        return
+    path = Path(database)
+    if not path.is_file():
+        raise DatabaseAccessError(
+            f"database_url: the SQLite file {path.resolve()} does not exist; create it with "
+            "`chimp-worker db upgrade`, or point CHIMP_DATABASE_URL (--database-url) at the "
+            "right file"
+        )
 
 
 def _configure_sqlite(engine: Engine, *, in_memory: bool) -> None:
@@ -145,7 +173,7 @@ def translate_db_errors() -> Iterator[None]:
         yield
     except (exc.SQLAlchemyError, sqlite3.Error) as error:
         if is_transient(error):
-            raise DatabaseUnavailableError(describe(error)) from error
+            raise database_error(error) from error
         raise
 
 
@@ -231,8 +259,15 @@ ACCESS_MYSQL_CODES: Mapping[int, str] = {
     1049: "unknown database",
     1142: "a table privilege is missing",
     1143: "a column privilege is missing",
-    1146: "a table is missing (run: chimp-worker db upgrade)",
 }
+ACCESS_FIXES: Mapping[int, str] = {
+    1044: "ask the ISPyB administrators for the grants in docs/reliability.md",
+    1045: "check the user and password in database_url or the ISPYB_CREDENTIALS file",
+    1049: "check the database name in database_url or the ISPYB_CREDENTIALS file",
+    1142: "ask the ISPyB administrators for the grants in docs/reliability.md",
+    1143: "ask the ISPyB administrators for the grants in docs/reliability.md",
+}
+SQLITE_ACCESS = ("unable to open database file", "file is not a database", "readonly database")
 # One read of each table family the worker needs, as the worker's own user.
 PREFLIGHT_QUERIES = (
     "SELECT containerInspectionId, state FROM ContainerInspection LIMIT 1",
@@ -250,13 +285,12 @@ def check_database_access(
     With ``score_schema`` (the schema the configured analyser writes under), also refuses
     when ISPyB lacks that schema or its classes, or has it disabled, and when the worker may
     not read a table that refers to auto sub-samples (it could not tell a queued point from a
-    free one). Raises ``ConfigError`` for those, with the SQL to hand to the ISPyB
-    administrators; returns a description (and lets the daemon start) when the database is
-    merely unreachable, since per-message retries cover an outage.
+    free one), with the SQL to hand to the ISPyB administrators. Raises
+    ``DatabaseAccessError``, ``DatabaseSchemaError`` or ``ScoreSchemaError`` (all exit 2);
+    returns a description (and lets the daemon start) when the database is merely
+    unreachable, since per-message retries cover an outage.
     """
     from sqlalchemy import text
-
-    from chimp_worker.errors import ConfigError
 
     try:
         with engine.connect() as connection:
@@ -264,28 +298,20 @@ def check_database_access(
                 connection.execute(text(query)).all()
         if score_schema is not None:
             _check_ispyb_lookups(engine, score_schema, analyser)
-    except (exc.SQLAlchemyError, sqlite3.Error, DatabaseUnavailableError) as error:
-        if isinstance(error, DatabaseUnavailableError):
-            return str(error)
-        if is_transient(error):
+    except DatabaseUnavailableError as error:
+        return str(error)
+    except (exc.SQLAlchemyError, sqlite3.Error) as error:
+        translated = database_error(error)
+        if isinstance(translated, DatabaseUnavailableError):
             return describe(error)
-        original = getattr(error, "orig", None) or error
-        args = getattr(original, "args", ())
-        code = args[0] if args and isinstance(args[0], int) else None
-        if code in ACCESS_MYSQL_CODES:
-            detail = str(args[1]) if len(args) > 1 else ""
-            raise ConfigError(
-                f"database_url: MariaDB error {code}, {ACCESS_MYSQL_CODES[code]}: {detail}"
-            ) from None
-        if "no such table" in str(original).lower():
-            raise ConfigError(f"database_url: {original}; run: chimp-worker db upgrade") from None
+        if isinstance(translated, DatabaseAccessError | DatabaseSchemaError):
+            raise translated from None
         raise
     return None
 
 
 def _check_ispyb_lookups(engine: Engine, score_schema: str, analyser: str | None) -> None:
     """The score schema is writable and every reference to a sub-sample is readable."""
-    from chimp_worker.errors import ConfigError
     from chimp_worker.ispyb import score_schema as schemas
     from chimp_worker.ispyb.references import forget, reference_tables
     from chimp_worker.log import get_logger
@@ -297,7 +323,7 @@ def _check_ispyb_lookups(engine: Engine, score_schema: str, analyser: str | None
     references = reference_tables(engine)
     if not references.complete:
         names = ", ".join(reference.table for reference in references.denied)
-        raise ConfigError(
+        raise DatabaseAccessError(
             f"database_url: the worker may not read {names} (pointing at auto sub-samples); "
             "without that it cannot tell a queued or collected point from a free one. Ask the "
             "ISPyB administrators for:\n"
@@ -309,3 +335,48 @@ def _check_ispyb_lookups(engine: Engine, score_schema: str, analyser: str | None
                 )
             )
         )
+
+
+def mysql_code(error: BaseException) -> int | None:
+    """The MariaDB/MySQL error number inside a driver or SQLAlchemy error, if any."""
+    original = getattr(error, "orig", None) or error
+    args = getattr(original, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def database_error(error: BaseException) -> ChimpError:
+    """Any database error as one of the worker's errors, in one line naming cause and fix.
+
+    Transient (retry) -> ``DatabaseUnavailableError``; credentials, grants, unknown database,
+    unreadable SQLite file -> ``DatabaseAccessError``; missing tables ->
+    ``DatabaseSchemaError``; anything else -> ``DatabaseError``. Never the SQL or its values.
+    """
+    if isinstance(error, ChimpError):
+        return error
+    original = getattr(error, "orig", None) or error
+    code = mysql_code(error)
+    message = str(original)
+    lowered = message.lower()
+    if code == 1146 or "no such table" in lowered:
+        detail = f"MariaDB error 1146: {original.args[1]}" if code else message
+        return DatabaseSchemaError(
+            f"database_url: {detail}; the schema is missing or old: run `chimp-worker db "
+            "upgrade` (on a facility's ISPyB it creates only the chimp_* tables)"
+        )
+    if code in ACCESS_MYSQL_CODES:
+        detail = str(original.args[1]) if len(original.args) > 1 else ""
+        return DatabaseAccessError(
+            f"database_url: MariaDB error {code}, {ACCESS_MYSQL_CODES[code]}: {detail}; "
+            f"{ACCESS_FIXES.get(code, 'check the database user and its grants')}"
+        )
+    if is_transient(error):
+        return DatabaseUnavailableError(
+            f"{describe(error)}; check that the database server is running and reachable at "
+            "database_url's host and port, then try again"
+        )
+    if isinstance(original, sqlite3.Error) and any(text in lowered for text in SQLITE_ACCESS):
+        return DatabaseAccessError(
+            f"database_url: SQLite: {message}; check the file's path and permissions "
+            "(CHIMP_DATABASE_URL, --database-url)"
+        )
+    return DatabaseError(describe(error))

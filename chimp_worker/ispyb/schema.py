@@ -26,6 +26,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, inspect
+from sqlalchemy.engine import make_url
 from sqlalchemy.schema import CreateTable
 
 from chimp_worker.errors import DatabaseSchemaError
@@ -34,7 +35,10 @@ from chimp_worker.ispyb.seed import seed_core
 from chimp_worker.ispyb.tables import Base
 from chimp_worker.ispyb.worker_tables import WorkerBase
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# A wheel carries the histories inside the package (setup.py copies them there); a source
+# checkout or an editable install keeps them in the repository's top-level migrations/.
+MIGRATIONS_DIRS = (_PACKAGE_DIR / "migrations", _PACKAGE_DIR.parent / "migrations")
 Target = Literal["auto", "all", "core", "worker"]
 DatabaseKind = Literal["empty", "development", "ispyb"]
 TARGETS: tuple[str, ...] = ("auto", "all", "core", "worker")
@@ -48,7 +52,10 @@ class History:
 
     @property
     def script_location(self) -> Path:
-        return MIGRATIONS_DIR / self.name
+        for folder in MIGRATIONS_DIRS:
+            if (folder / self.name / "env.py").is_file():
+                return folder / self.name
+        return MIGRATIONS_DIRS[0] / self.name
 
     def owns(self, table_name: str) -> bool:
         return table_name in self.metadata.tables
@@ -77,9 +84,10 @@ def alembic_config(history: str, connection: Connection | None = None) -> Config
     """An in-memory Alembic config for one history; no ini file needed."""
     location = HISTORIES[history].script_location
     if not (location / "env.py").is_file():
+        searched = " or ".join(str(folder / history) for folder in MIGRATIONS_DIRS)
         raise DatabaseSchemaError(
-            f"migration scripts not found at {location}; chimp-worker must be installed from "
-            "a source checkout (pip install -e .) so that migrations/ sits beside the package"
+            f"migration scripts not found at {searched}; reinstall chimp-worker from its wheel "
+            "or a source checkout (the wheel ships them as chimp_worker/migrations)"
         )
     config = Config(stdout=io.StringIO())
     config.set_main_option("script_location", str(location))
@@ -115,7 +123,7 @@ def run_alembic_environment(history: str) -> None:
         return
     if not url:
         raise DatabaseSchemaError("no database: pass -x url=... or set CHIMP_DATABASE_URL")
-    engine = make_engine(url)
+    engine = make_engine(url, create=True)
     try:
         with engine.begin() as own_connection:
             context.configure(connection=own_connection, **options)
@@ -187,7 +195,7 @@ def upgrade(
     url: str, target: Target = "auto", *, connect_args: Mapping[str, Any] | None = None
 ) -> UpgradeReport:
     """Bring the database to the newest revision of what ``target`` needs; again: a no-op."""
-    engine = make_engine(url, connect_args)
+    engine = make_engine(url, connect_args, create=True)
     try:
         with translate_db_errors():
             with engine.connect() as connection:
@@ -203,15 +211,21 @@ def upgrade(
         engine.dispose()
 
 
-def upgrade_sql(url: str, target: Target = "worker") -> str:
-    """The DDL ``upgrade`` would run, as SQL text for a DBA (offline: nothing is executed)."""
-    engine = make_engine(url)
-    try:
-        with translate_db_errors(), engine.connect() as connection:
-            kind = detect_kind(connection)
-            before = current_revisions(connection)
-    finally:
-        engine.dispose()
+def upgrade_sql(
+    url: str, target: Target = "worker", *, connect_args: Mapping[str, Any] | None = None
+) -> str:
+    """The DDL ``upgrade`` would run, as SQL text for a DBA (offline: nothing is executed,
+    and an SQLite file that does not exist yet is not created)."""
+    kind: DatabaseKind = "empty"
+    before: dict[str, str | None] = dict.fromkeys(HISTORIES)
+    if not _is_missing_sqlite_file(url):
+        engine = make_engine(url, connect_args)
+        try:
+            with translate_db_errors(), engine.connect() as connection:
+                kind = detect_kind(connection)
+                before = current_revisions(connection)
+        finally:
+            engine.dispose()
     output = io.StringIO()
     for history in histories_for(target, kind):
         config = alembic_config(history)
@@ -222,9 +236,22 @@ def upgrade_sql(url: str, target: Target = "worker") -> str:
     return output.getvalue()
 
 
-def current(url: str) -> tuple[DatabaseKind, dict[str, str | None], dict[str, str | None]]:
+def _is_missing_sqlite_file(url: str) -> bool:
+    parsed = make_url(url)
+    database = parsed.database or ""
+    return (
+        parsed.get_backend_name() == "sqlite"
+        and database not in ("", ":memory:")
+        and not database.startswith("file:")
+        and not Path(database).exists()
+    )
+
+
+def current(
+    url: str, *, connect_args: Mapping[str, Any] | None = None
+) -> tuple[DatabaseKind, dict[str, str | None], dict[str, str | None]]:
     """(database kind, revisions in the database, newest revisions available)."""
-    engine = make_engine(url)
+    engine = make_engine(url, connect_args)
     try:
         with translate_db_errors(), engine.connect() as connection:
             return detect_kind(connection), current_revisions(connection), head_revisions()
@@ -238,7 +265,7 @@ def create_all(url: str) -> None:
     Gives exactly the schema ``upgrade(url, "all")`` gives (a test holds it to that) in a
     fraction of the time, for test fixtures.
     """
-    engine = make_engine(url)
+    engine = make_engine(url, create=True)
     try:
         create_all_on(engine)
     finally:

@@ -227,7 +227,7 @@ def measure(
     from chimp_worker.models.detector import load_detector
     from chimp_worker.pipeline import Pipeline
 
-    configure_logging("WARNING", "console")
+    configure_logging("WARNING", "auto")
     plate = setup.plates[flavour]
     role = ROLES[flavour]
     configure_threads(setup.threads)
@@ -365,7 +365,7 @@ def measure_paired(
     from chimp_worker.models.detector import load_detector
     from chimp_worker.pipeline import Pipeline
 
-    configure_logging("WARNING", "console")
+    configure_logging("WARNING", "auto")
     configure_threads(setup.threads)
     plate = setup.plates[flavour]
     role = ROLES[flavour]

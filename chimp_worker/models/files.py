@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from chimp_worker.analysis import Analyser, DecodedImage, ImageAnalysis
+from chimp_worker.analysis import Analyser, DecodedImage, ImageAnalysis, ispyb_class
 from chimp_worker.errors import ImageError, ImageMissingError
 
 __all__ = ["FileAnalysis", "analyse_files", "analysis_as_dict"]
@@ -95,8 +95,11 @@ def analysis_as_dict(analysis: ImageAnalysis, *, include_masks: bool = True) -> 
         ],
         "width": analysis.width,
         "height": analysis.height,
-        "probabilities": dict(analysis.probabilities) if analysis.probabilities else None,
-        "top_class": analysis.top_class,
+        # ISPyB's class names, as in the database and SynchWeb (analysis.ISPYB_SCORE_CLASS)
+        "probabilities": {ispyb_class(name): p for name, p in analysis.probabilities.items()}
+        if analysis.probabilities
+        else None,
+        "top_class": ispyb_class(analysis.top_class),
         "detections": detections,
         "crystal_targets": [
             {"x": t.x, "y": t.y, "score": t.score, "detection_index": t.detection_index}

@@ -55,6 +55,7 @@ DROP_TABLE_COLUMNS = (
     "location",
     "blSampleImageId",
     "state",
+    "schema",
     "topClass",
     "pCrystal",
     "crystalTargets",

@@ -98,6 +98,18 @@ def test_image_environment_names_real_settings_and_matches_kubernetes() -> None:
     assert env["CHIMP_METRICS_PORT"] == configmap()["CHIMP_METRICS_PORT"]
 
 
+def test_image_builds_from_a_debian_base_given_as_an_argument_and_installs_the_wheel() -> None:
+    instructions = dockerfile_instructions()
+    froms = [arguments for keyword, arguments in instructions if keyword == "FROM"]
+    assert froms == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+    assert ("ARG", "BASE_IMAGE=docker.io/library/debian:bookworm-slim") in instructions
+    build = " ".join(a for k, a in instructions[: instructions.index(("FROM", froms[1]))])
+    assert "pip wheel --no-deps" in build
+    assert "rm -rf /opt/chimp-worker/src" in build, "no source tree goes into the image"
+    copied = [a for k, a in final_stage() if k == "COPY" and a.startswith("--from=build")]
+    assert copied == ["--from=build /opt/chimp-worker /opt/chimp-worker"]
+
+
 def test_image_mounts_models_and_bakes_none_in() -> None:
     stage = final_stage()
     assert ("VOLUME", '["/models"]') in stage

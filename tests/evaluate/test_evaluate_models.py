@@ -141,7 +141,7 @@ def test_cli_refuses_labels_outside_the_classes_unless_mapped(
         main(
             ["evaluate", "classifier", str(tmp_path / "ten.csv"), "--model", str(small_classifier)]
         )
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2  # a data set that does not fit: a usage error
     assert "'3D Crystals'" in capsys.readouterr().err
     main(
         ["evaluate", "classifier", str(tmp_path / "ten.csv"), "--model", str(small_classifier),

@@ -64,7 +64,7 @@ def test_sqlite_enforces_foreign_keys(ispyb_sqlite_url: str) -> None:
 
 def test_position_generated_columns_follow_pos(database_url: str) -> None:
     """X/Y/Z are generated (never written): reading them back mirrors posX/posY/posZ."""
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, create=True)
     t.Base.metadata.create_all(engine, tables=[t.Position.__table__])
     factory = make_session_factory(engine)
     with factory.begin() as session:

@@ -103,7 +103,7 @@ def test_completed_before_leaves_a_fresh_completion_to_its_completer(
 def test_the_migration_adds_the_column_and_backfills_earlier_completions(
     database_url: str,
 ) -> None:
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, create=True)
     try:
         with engine.begin() as connection:
             command.upgrade(schema.alembic_config("core", connection), "head")

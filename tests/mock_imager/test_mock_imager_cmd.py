@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -50,12 +51,13 @@ def test_the_command_refuses_bad_options_and_a_database_without_tables(
     code, output = invoke("mock-imager", "--fault", "3=melted")
     assert code == 2
     assert "LOCATION=FAULT" in output
+    sqlite3.connect(sqlite_url.removeprefix("sqlite:///")).close()  # a file without tables
     runner = CliRunner()
     result = runner.invoke(
         cli, ["--database-url", sqlite_url, "mock-imager", "--image-root", str(tmp_path)]
     )
-    assert result.exit_code == 1
-    assert "run `chimp-worker db upgrade --target all` first" in str(result.exception)
+    assert result.exit_code == 2, "a database without the schema is a configuration error"
+    assert "run `chimp-worker db upgrade --target all` first" in result.output
 
 
 @pytest.mark.rabbitmq

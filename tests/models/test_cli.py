@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from chimp_worker.analysis import CLASS_NAMES, DispenseStatus
+from chimp_worker.analysis import DispenseStatus
 from chimp_worker.cli import main
 from chimp_worker.geometry import dispense_point, mask_centroid
 from chimp_worker.mock_imager.synthetic import render_micrograph
@@ -90,7 +90,7 @@ def test_analyse_prints_writes_json_and_overlays_and_reports_a_bad_file(
     assert gone["error"]["reason"] == "image_missing"
     for entry in (png, jpeg):
         assert (entry["width"], entry["height"]) == (320, 256)
-        assert set(entry["probabilities"]) == set(CLASS_NAMES)
+        assert set(entry["probabilities"]) == {"clear", "crystal", "other", "precipitant"}
         assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert entry["top_class"] == max(entry["probabilities"], key=entry["probabilities"].get)
 
@@ -153,7 +153,7 @@ def test_models_info_refuses_the_wrong_kind_in_one_line(
     vmxi_detector_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run_cli(["models", "info", "--kind", "xchem", str(vmxi_detector_file)], capsys)
-    assert code == 1
+    assert code == 2  # a bad model file is a configuration error: systemd must not loop
     assert "has 2 classes, expected 3" in err
     assert "Traceback" not in err
     assert out == ""
@@ -165,7 +165,7 @@ def test_models_info_refuses_a_truncated_file(
     truncated = tmp_path / "classifier.pt"
     truncated.write_bytes(classifier_file.read_bytes()[:1_000_000])
     code, _, err = run_cli(["models", "info", "--kind", "classifier", str(truncated)], capsys)
-    assert code == 1
+    assert code == 2
     lines = err.strip().splitlines()
     assert lines[0] == (
         f"chimp-worker: bad_model_file: classifier file {truncated} is truncated or not a "
@@ -181,7 +181,7 @@ def test_analyse_with_a_detector_file_as_the_classifier_fails_cleanly(
     code, _, err = run_cli(
         ["analyse", "--classifier", str(vmxi_detector_file), str(image_files["png"])], capsys
     )
-    assert code == 1
+    assert code == 2
     assert err.strip().count("\n") == 0
     assert "is a Mask R-CNN detector state_dict, not a classifier checkpoint" in err
 

@@ -4,6 +4,7 @@ messages only to dead-letter every one of them."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +40,23 @@ def run_worker(
 def test_a_database_without_the_schema_stops_start_up_with_exit_2(
     tmp_path: Path, queue_prefix: str
 ) -> None:
-    result = run_worker(f"sqlite:///{tmp_path / 'empty.sqlite'}", queue_prefix, tmp_path)
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()
+    result = run_worker(f"sqlite:///{empty}", queue_prefix, tmp_path)
     assert result.returncode == 2, result.stderr
     assert "no such table" in result.stderr
     assert "chimp-worker db upgrade" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_database_file_that_does_not_exist_is_refused_and_not_created(
+    tmp_path: Path, queue_prefix: str
+) -> None:
+    missing = tmp_path / "typo.sqlite"
+    result = run_worker(f"sqlite:///{missing}", queue_prefix, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"the SQLite file {missing} does not exist" in result.stderr
+    assert not missing.exists()
 
 
 @pytest.mark.mariadb

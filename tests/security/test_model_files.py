@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,7 @@ def test_a_worker_configured_with_such_a_file_refuses_to_start_and_runs_nothing(
     marker = tmp_path / "pwned"
     path = tmp_path / "classifier.pt"
     write_zip(path, marker)
+    sqlite3.connect(tmp_path / "db.sqlite").close()
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHIMP_")}
     env |= {
         "CHIMP_CLASSIFIER_PATH": str(path),
@@ -105,7 +107,7 @@ def test_a_worker_configured_with_such_a_file_refuses_to_start_and_runs_nothing(
         text=True,
         timeout=300,
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # a bad model file: fix the settings
     assert "Traceback" not in result.stderr
     assert "refusing to unpickle" in result.stderr
     assert not marker.exists(), "code from the model file ran"

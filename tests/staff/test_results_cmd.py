@@ -87,13 +87,56 @@ def test_table_shows_the_per_drop_columns(capsys, known_plate):
     code, out, _ = run(capsys, known_plate.url, "--barcode", "STAFF-001")
     assert code == 0
     assert "Plate STAFF-001 · CrystalQuickX · mx1234-5 · latest image per drop" in out
+    assert "weight-free baseline" not in out, "the CHiMP models made these results"
     lines = [line.split() for line in out.splitlines() if line.strip().startswith("A")]
     image = {location: str(known_plate.plate.image_ids[(1, location)]) for location in (1, 2, 3, 4)}
     assert lines == [
-        ["A1", "1", "1", image[1], "done", "crystal", "0.95", "3", "(620,", "480)", "worker", "ok"],
-        ["A1", "2", "2", image[2], "done", "clear", "0.2", "0", "(615,", "525)", "worker", "ok"],
-        ["A2", "1", "3", image[3], "done", "crystal", "0.5", "1", "no", "drop"],
-        ["A2", "2", "4", image[4], "done", "clear", "0.05", "0", "(630,", "470)", "worker", "ok"],
+        [
+            "A1",
+            "1",
+            "1",
+            image[1],
+            "done",
+            "CHIMP",
+            "crystal",
+            "0.95",
+            "3",
+            "(620,",
+            "480)",
+            "worker",
+            "ok",
+        ],
+        [
+            "A1",
+            "2",
+            "2",
+            image[2],
+            "done",
+            "CHIMP",
+            "clear",
+            "0.2",
+            "0",
+            "(615,",
+            "525)",
+            "worker",
+            "ok",
+        ],
+        ["A2", "1", "3", image[3], "done", "CHIMP", "crystal", "0.5", "1", "no", "drop"],
+        [
+            "A2",
+            "2",
+            "4",
+            image[4],
+            "done",
+            "CHIMP",
+            "clear",
+            "0.05",
+            "0",
+            "(630,",
+            "470)",
+            "worker",
+            "ok",
+        ],
     ]
 
 

@@ -1,4 +1,4 @@
-"""RabbitMQ through pika -- the only module that imports pika.
+"""RabbitMQ through pika -- the only package that imports pika.
 
 Three things live here: the connection parameters (heartbeat, blocked-connection timeout,
 TLS), the queue topology every process declares identically, and two thin adapters:
@@ -18,6 +18,7 @@ declared and a broker policy supplies the rest (the facility convention).
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +35,9 @@ from pika.adapters.utils import connection_workflow
 from chimp_worker import __version__
 from chimp_worker.config import Settings
 from chimp_worker.errors import (
+    BrokerAccessError,
     BrokerUnavailableError,
+    ChimpError,
     ConfigError,
     TopologyMismatchError,
     UnroutableMessageError,
@@ -65,6 +68,39 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+
+
+def broker_error(error: BaseException, *, where: str = "") -> ChimpError:
+    """A pika error as the worker's own: a refused login, vhost or permission is a
+    ``BrokerAccessError`` (no retry can fix it: exit 2), anything else is transient."""
+    if isinstance(error, ChimpError):
+        return error
+    text = str(error)
+    at = f" ({where})" if where else ""
+    if "ACCESS_REFUSED" in text and isinstance(error, pika.exceptions.ProbableAuthenticationError):
+        return BrokerAccessError(
+            f"amqp_url: RabbitMQ{at} refused the login (ACCESS_REFUSED); check the username "
+            "and password in CHIMP_AMQP_URL or the amqp_credentials file"
+        )
+    if "NOT_ALLOWED" in text and isinstance(error, pika.exceptions.ProbableAccessDeniedError):
+        return BrokerAccessError(
+            f"amqp_url: RabbitMQ{at} refused the virtual host (NOT_ALLOWED: {_reply(text)}); "
+            "check the vhost at the end of CHIMP_AMQP_URL (/ is written %2F) or in the "
+            "amqp_credentials file, and that the user may use it"
+        )
+    if isinstance(error, pika.exceptions.ChannelClosedByBroker) and error.reply_code == 403:
+        return BrokerAccessError(
+            f"RabbitMQ{at} refused an operation ({error.reply_text}); give the user configure, "
+            "write and read permissions on the chimp.* and dlq.chimp.* queues and the results "
+            "exchange (docs/deployment.md)"
+        )
+    return BrokerUnavailableError(f"{where or 'RabbitMQ'}: {error!r}")
+
+
+def _reply(text: str) -> str:
+    """The broker's reply text inside pika's message, e.g. "vhost x not found"."""
+    match = re.search(r"[A-Z_]+ - ([^'\"]+)", text)
+    return match[1].strip() if match else text
 
 
 def quiet_pika_logging() -> None:
@@ -161,6 +197,8 @@ def _declare_queue(channel: BlockingChannel, queue: str, arguments: dict[str, An
                 f"({exc.reply_text}); set queue_arguments to match how it was created, or "
                 "delete the empty queue so it is re-created"
             ) from exc
+        if exc.reply_code == 403:
+            raise broker_error(exc, where=f"declaring queue {queue!r}") from exc
         raise BrokerUnavailableError(f"declaring queue {queue!r}: {exc}") from exc
 
 
@@ -236,10 +274,10 @@ def _publish(
 def _translated(action: str) -> Iterator[None]:
     try:
         yield
-    except (BrokerUnavailableError, UnroutableMessageError, TopologyMismatchError):
+    except (BrokerUnavailableError, UnroutableMessageError, ConfigError):
         raise
     except _CONNECTION_ERRORS as exc:
-        raise BrokerUnavailableError(f"{action}: {exc!r}") from exc
+        raise broker_error(exc, where=action) from exc
 
 
 class Publisher:

@@ -1,0 +1,1 @@
+"""Example files shipped inside the package (``chimp-worker config example`` prints one)."""
