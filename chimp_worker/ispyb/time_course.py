@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.errors import DatabaseUnavailableError, InspectionNotVisibleError
 from chimp_worker.hits.course import DropCourse, Observation, drop_course
+from chimp_worker.hits.evidence import CRYSTAL_ROLE_PREFERENCE, DETECTOR_ROLES
 from chimp_worker.hits.policy import HitPolicy
 from chimp_worker.hits.rules import ImageEvidence, call_hit
 from chimp_worker.ispyb import tables as t
@@ -46,9 +47,6 @@ from chimp_worker.ispyb.writer import utcnow
 from chimp_worker.report.model import PlateLayout
 
 CRYSTAL_SCORE_CLASS = "crystal"  # ISPyB's class name for P(crystal) in every schema we write
-DETECTOR_ROLES = ("vmxi_detector", "xchem_detector", "baseline")  # roles that find crystals
-# Which detector's crystals count when several ran: the one whose crystals became targets.
-CRYSTAL_ROLE_PREFERENCE = ("vmxi_detector", "xchem_detector")
 _DIGITS = 6  # values are rounded before storing, so a recomputation compares equal
 
 
