@@ -282,9 +282,10 @@ def _print_hits(console: Console, result: DemoResult) -> None:
     console.print(table)
     summary = result.hit_summary
     console.print(
-        f"  first hits at the truth's first crystal   {summary.exact}/{summary.drops} drops "
-        f"({summary.crystal_drops} with crystals): {summary.early} early, {summary.late} late, "
-        f"{summary.missed} missed"
+        f"  first hits at the truth's first crystal   {summary.crystal_exact}/"
+        f"{summary.crystal_drops} drops with crystals ({summary.early} early, {summary.late} "
+        f"late, {summary.missed} missed); {summary.false_hits} of "
+        f"{summary.drops - summary.crystal_drops} drops without crystals called a hit"
     )
     for inspection in result.plate.inspections:
         number = inspection.index + 1

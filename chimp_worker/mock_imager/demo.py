@@ -95,30 +95,31 @@ class HitSummary:
 
     drops: int
     crystal_drops: int  # drops the truth shows a crystal in, at some inspection
-    exact: int  # first hit at the truth's first crystal (both None counts too)
-    early: int  # called before the truth shows a crystal (or with none at all)
-    late: int  # called after the truth's first crystal
-    missed: int  # never called, though the truth shows a crystal
+    exact: int  # first hit at the truth's first crystal (never and never counts too)
+    crystal_exact: int  # of the crystal drops, first hit at the truth's first crystal
+    early: int  # crystal drops called before the truth shows their crystal
+    late: int  # crystal drops called after the truth's first crystal
+    missed: int  # crystal drops never called
+    false_hits: int  # drops without any crystal in the truth, called a hit
 
     @classmethod
     def of(cls, checks: tuple[HitCheck, ...]) -> HitSummary:
-        def before(check: HitCheck) -> bool:
-            return check.first_hit is not None and (
-                check.truth_first is None or check.first_hit < check.truth_first
-            )
-
+        crystal = [c for c in checks if c.truth_first is not None]
+        called = [c for c in crystal if c.first_hit is not None]
         return cls(
             drops=len(checks),
-            crystal_drops=sum(c.truth_first is not None for c in checks),
+            crystal_drops=len(crystal),
             exact=sum(c.agrees for c in checks),
-            early=sum(before(c) for c in checks),
-            late=sum(
-                c.first_hit is not None
-                and c.truth_first is not None
-                and c.first_hit > c.truth_first
-                for c in checks
-            ),
-            missed=sum(c.first_hit is None and c.truth_first is not None for c in checks),
+            crystal_exact=sum(c.agrees for c in crystal),
+            early=sum(c.first_hit < c.truth_first for c in called),  # type: ignore[operator]
+            late=sum(c.first_hit > c.truth_first for c in called),  # type: ignore[operator]
+            missed=len(crystal) - len(called),
+            false_hits=sum(c.truth_first is None and c.first_hit is not None for c in checks),
+        )
+
+    def __add__(self, other: HitSummary) -> HitSummary:
+        return HitSummary(
+            *(a + b for a, b in zip(vars(self).values(), vars(other).values(), strict=True))
         )
 
 
