@@ -190,3 +190,13 @@ class DatasetError(PermanentError):
     file, the row or image, and what was expected."""
 
     reason = "bad_dataset"
+
+
+# --- staff views -------------------------------------------------------------------------------
+
+
+class PicturesUnreadableError(PermanentError):
+    """A report was asked for with pictures, and some could not be read (named in the message);
+    ``--no-pictures`` asks for a report without them instead."""
+
+    reason = "pictures_unreadable"

@@ -344,14 +344,22 @@ def _write_report(settings: Settings, plate: MockPlate, output: Path) -> tuple[P
     from chimp_worker.ispyb import queries
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.report import write_html, write_png
-    from chimp_worker.report.build import build_plate_report, make_image_loader
+    from chimp_worker.report.build import (
+        build_plate_report,
+        make_image_linker,
+        make_image_loader,
+    )
 
     engine = make_engine(settings.database_url)
     try:
         factory = make_session_factory(engine)
         found = queries.find_plate(factory, barcode=plate.barcode)
         report = build_plate_report(
-            factory, found, load_image=make_image_loader(settings, 384), thumbnail_size=384
+            factory,
+            found,
+            load_image=make_image_loader(settings, 384),
+            link_image=make_image_linker(settings),
+            thumbnail_size=384,
         )
     finally:
         engine.dispose()

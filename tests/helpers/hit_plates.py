@@ -35,10 +35,16 @@ FAILED = {(1, 4): "image_corrupt"}
 
 
 def seed_hit_plate(
-    factory: sessionmaker[Session], image_root: Path, *, barcode: str = "HITS-001"
+    factory: sessionmaker[Session],
+    image_root: Path,
+    *,
+    barcode: str = "HITS-001",
+    write_images: bool = False,
 ) -> SeededPlate:
     """The plate with its results written; no inspection completed yet."""
-    plate = seed_plate(factory, image_root, barcode=barcode, inspections=3, write_images=False)
+    plate = seed_plate(
+        factory, image_root, barcode=barcode, inspections=3, write_images=write_images
+    )
     for (index, location), (p_crystal, targets) in RESULTS.items():
         write_result(factory, plate.image_ids[(index, location)], analysis(p_crystal, targets))
     for (index, location), reason in FAILED.items():
