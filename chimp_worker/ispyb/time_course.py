@@ -1,9 +1,9 @@
 """Each drop's time course in the worker's own tables, updated when an inspection completes.
 
-``refresh_time_course`` reads the completed inspection's stored results -- P(crystal) from
-ISPyB's auto-score rows under the result's schema, the crystals from ``chimp_detection`` (only
-the crystal-target detector's when two detectors ran), micronsPerPixel from BLSampleImage --
-calls a hit per image with the configured rule (``hits.rules``), writes one
+``refresh_time_course`` reads the completed inspection's stored results (``hit_evidence``:
+P(crystal) from ISPyB's auto-score rows, the crystals from ``chimp_detection``,
+micronsPerPixel from BLSampleImage), calls a hit per image with the configured rule
+(``hits.rules``), writes one
 ``chimp_drop_inspection`` row per drop, then recomputes every drop's ``chimp_drop_course`` row
 of the plate (first hit, latest state, growth, promise). Rows are written only where a value
 changed, so a re-run -- a redelivered message, a replay -- leaves every row as it was.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,24 +30,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.errors import DatabaseUnavailableError, InspectionNotVisibleError
 from chimp_worker.hits.course import DropCourse, Observation, drop_course
-from chimp_worker.hits.evidence import CRYSTAL_ROLE_PREFERENCE, DETECTOR_ROLES
 from chimp_worker.hits.policy import HitPolicy
-from chimp_worker.hits.rules import ImageEvidence, call_hit
 from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import transaction
+from chimp_worker.ispyb.hit_evidence import Observed, observe
 from chimp_worker.ispyb.worker_tables import (
-    ChimpDetection,
     ChimpDropCourse,
     ChimpDropInspection,
-    ChimpImageModel,
-    ChimpImageResult,
     ChimpInspection,
 )
 from chimp_worker.ispyb.writer import utcnow
 from chimp_worker.report.model import PlateLayout
-
-CRYSTAL_SCORE_CLASS = "crystal"  # ISPyB's class name for P(crystal) in every schema we write
-_DIGITS = 6  # values are rounded before storing, so a recomputation compares equal
 
 
 @dataclass(frozen=True)
@@ -171,7 +164,7 @@ def _refresh(
             or i.containerInspectionId not in have_rows
         )
     ]
-    observed = _observe(session, compute, policy)
+    observed = observe(session, compute, policy)
     written = _store_observations(session, plate.containerId, compute, inspections, observed)
     written += _store_courses(session, plate.containerId)
     return TimeCourseUpdate(
@@ -260,147 +253,6 @@ def _numbered_inspections(
     }
 
 
-@dataclass(frozen=True)
-class _Observed:
-    blSampleId: int
-    containerInspectionId: int
-    blSampleImageId: int
-    analyser: str | None
-    values: dict[str, Any]  # the chimp_drop_inspection columns that hold results
-
-
-def _observe(session: Session, inspection_ids: Sequence[int], policy: HitPolicy) -> list[_Observed]:
-    """One verdict per drop for each inspection: its latest done image, judged by the rule."""
-    if not inspection_ids:
-        return []
-    si = t.BLSampleImage
-    images = session.execute(
-        select(
-            si.blSampleImageId,
-            si.blSampleId,
-            si.containerInspectionId,
-            si.micronsPerPixelX,
-            si.micronsPerPixelY,
-            ChimpImageResult.analyser,
-            ChimpImageResult.schemaName,
-        )
-        .join(ChimpImageResult, ChimpImageResult.blSampleImageId == si.blSampleImageId)
-        .where(si.containerInspectionId.in_(inspection_ids))
-        .where(ChimpImageResult.state == "done")
-        .order_by(si.blSampleImageId)
-    ).all()
-    chosen: dict[tuple[int, int], Any] = {}
-    for row in images:  # several images of a drop in one inspection: the latest, as SynchWeb
-        chosen[(int(row.blSampleId), int(row.containerInspectionId))] = row
-    probabilities = _crystal_probabilities(session, inspection_ids)
-    crystals, roles = _crystals_and_roles(session, inspection_ids)
-    observed = []
-    for (sample_id, inspection_id), row in sorted(chosen.items()):
-        image_id = int(row.blSampleImageId)
-        image_roles = roles.get(image_id, set())
-        evidence = ImageEvidence.of(
-            probabilities.get((image_id, row.schemaName)),
-            _counted_role_crystals(crystals.get(image_id, []), image_roles)
-            if image_roles & set(DETECTOR_ROLES)
-            else None,
-        )
-        verdict = call_hit(evidence, policy.for_analyser(row.analyser), policy.rule)
-        mpp = (
-            float(row.micronsPerPixelX) * float(row.micronsPerPixelY)
-            if row.micronsPerPixelX and row.micronsPerPixelY
-            else None
-        )
-        observed.append(
-            _Observed(
-                sample_id,
-                inspection_id,
-                image_id,
-                row.analyser,
-                {
-                    "pCrystal": _round(evidence.p_crystal),
-                    "crystalCount": verdict.crystal_count,
-                    "crystalAreaPx": verdict.crystal_area_px,
-                    "crystalAreaUm2": None
-                    if mpp is None
-                    else _round(verdict.crystal_area_px * mpp),
-                    "largestCrystalUm2": None
-                    if mpp is None
-                    else _round(verdict.largest_crystal_px * mpp),
-                    "bestCrystalScore": _round(verdict.best_crystal_score),
-                    "hitScore": _round(verdict.score),
-                    "isHit": verdict.hit,
-                    "hitRule": verdict.rule,
-                },
-            )
-        )
-    return observed
-
-
-def _crystal_probabilities(
-    session: Session, inspection_ids: Sequence[int]
-) -> dict[tuple[int, str], float]:
-    """(image id, schema name) -> P(crystal), for the images of these inspections."""
-    h, cls, sch = (
-        t.BLSampleImageHasAutoScoreClass,
-        t.BLSampleImageAutoScoreClass,
-        t.BLSampleImageAutoScoreSchema,
-    )
-    rows = session.execute(
-        select(h.blSampleImageId, sch.schemaName, h.probability)
-        .join(t.BLSampleImage, t.BLSampleImage.blSampleImageId == h.blSampleImageId)
-        .join(cls, cls.blSampleImageAutoScoreClassId == h.blSampleImageAutoScoreClassId)
-        .join(sch, sch.blSampleImageAutoScoreSchemaId == cls.blSampleImageAutoScoreSchemaId)
-        .where(t.BLSampleImage.containerInspectionId.in_(inspection_ids))
-        .where(cls.scoreClass == CRYSTAL_SCORE_CLASS)
-    ).all()
-    return {(int(image_id), schema): float(p) for image_id, schema, p in rows if p is not None}
-
-
-def _crystals_and_roles(
-    session: Session, inspection_ids: Sequence[int]
-) -> tuple[dict[int, list[tuple[float, int, str | None]]], dict[int, set[str]]]:
-    """Per image: its crystal detections (score, mask area, model role) and the model roles
-    behind its result."""
-    si = t.BLSampleImage
-    crystals: dict[int, list[tuple[float, int, str | None]]] = defaultdict(list)
-    for image_id, score, area, role in session.execute(
-        select(
-            ChimpDetection.blSampleImageId,
-            ChimpDetection.score,
-            ChimpDetection.maskArea,
-            ChimpDetection.modelRole,
-        )
-        .join(si, si.blSampleImageId == ChimpDetection.blSampleImageId)
-        .where(si.containerInspectionId.in_(inspection_ids))
-        .where(ChimpDetection.label == "crystal")
-    ):
-        crystals[int(image_id)].append((float(score), int(area), role))
-    roles: dict[int, set[str]] = defaultdict(set)
-    for image_id, role in session.execute(
-        select(ChimpImageModel.blSampleImageId, ChimpImageModel.role)
-        .join(si, si.blSampleImageId == ChimpImageModel.blSampleImageId)
-        .where(si.containerInspectionId.in_(inspection_ids))
-    ):
-        roles[int(image_id)].add(role)
-    return crystals, roles
-
-
-def _counted_role_crystals(
-    crystals: Iterable[tuple[float, int, str | None]], roles: set[str]
-) -> list[tuple[float, int]]:
-    """The crystals of the detector whose crystals are the targets (all, when unknown)."""
-    role = next((r for r in CRYSTAL_ROLE_PREFERENCE if r in roles), None)
-    return [
-        (score, area)
-        for score, area, found_by in crystals
-        if role is None or found_by in (role, None)
-    ]
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), _DIGITS)
-
-
 # --- storing -----------------------------------------------------------------------------------
 
 
@@ -409,7 +261,7 @@ def _store_observations(
     container_id: int,
     computed: Sequence[int],
     inspections: Mapping[int, _Inspection],
-    observed: Sequence[_Observed],
+    observed: Sequence[Observed],
 ) -> int:
     """Upsert the computed inspections' rows, renumber the others; write only what changed."""
     existing = {
