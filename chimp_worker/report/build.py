@@ -316,6 +316,7 @@ def _time_courses(
                 p.crystalCount,
                 p.score,
                 p.isHit,
+                p.crystalAreaUm2,
             )
             for p in points.get(row.blSampleId, ())
         )

@@ -116,8 +116,23 @@ class _DropView:
 
 @dataclass(frozen=True)
 class _NewHit:
+    """A ranked drop; ``at`` is its course mark at the inspection shown (its first hit)."""
+
     rank: DropRank
     position: DropPosition
+    at: CourseMark | None = None
+
+    @property
+    def score(self) -> float:
+        return self.at.score if self.at is not None else self.rank.score
+
+    @property
+    def crystal_count(self) -> int:
+        return self.at.crystal_count if self.at is not None else self.rank.crystal_count
+
+    @property
+    def crystal_area_um2(self) -> float | None:
+        return self.at.crystal_area_um2 if self.at is not None else self.rank.crystal_area_um2
 
 
 @dataclass(frozen=True)
@@ -243,7 +258,18 @@ def _inspection_view(
             ) from None
         drops.append(_DropView(drop, position, drop.image_width, drop.image_height))
     new_hits = [
-        _NewHit(rank, plate.layout.locate(rank.location))
+        _NewHit(
+            rank,
+            plate.layout.locate(rank.location),
+            next(
+                (
+                    mark
+                    for mark in plate.courses.get(rank.location, ())
+                    if mark.containerInspectionId == inspection_id
+                ),
+                None,
+            ),
+        )
         for rank in plate.new_hits(inspection_id)
         if 1 <= rank.location <= plate.layout.capacity
     ]

@@ -233,6 +233,7 @@ class CourseMark:
     crystal_count: int
     score: float
     hit: bool
+    crystal_area_um2: float | None = None
 
 
 @dataclass(frozen=True)

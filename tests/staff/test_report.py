@@ -181,7 +181,7 @@ def test_the_time_course_and_the_new_hits_of_each_inspection_are_on_the_page():
     courses = {
         5: (
             CourseMark(6, 1, 0.1, 0, 0.05, False),
-            CourseMark(7, 2, 0.5, 2, 0.7, True),
+            CourseMark(7, 2, 0.5, 2, 0.7, True, 2400.0),
         )
     }
     ranking = (
@@ -194,7 +194,10 @@ def test_the_time_course_and_the_new_hits_of_each_inspection_are_on_the_page():
     assert 'class="drop done new-hit" data-hit="new-hit" data-location="5"' in page
     assert 'class="drop done hit" data-hit="hit"' not in page  # location 1: first hit elsewhere
     assert "New hits at this inspection: 1" in page
-    assert '<tr data-location="5"><td>1</td><td><a href="#drop-7-5">A3.1</a>' in page
+    assert (
+        '<tr data-location="5"><td>1</td><td><a href="#drop-7-5">A3.1</a></td><td>0.70</td>'
+        "<td>2</td><td>2400</td></tr>"
+    ) in page
     # its course: a frame per inspection, the picture borrowed from the drop view
     assert page.count('<a class="frame') == 2
     assert 'data-from="drop-7-5"' in page

@@ -236,6 +236,10 @@ def test_report_in_chromium_shows_numbered_targets_time_courses_and_new_hits(bro
     new_hits = browser.find_element(By.CSS_SELECTOR, f"#inspection-{second} .new-hits")
     assert new_hits.find_element(By.TAG_NAME, "h3").text == "New hits at this inspection: 1"
     assert new_hits.find_element(By.CSS_SELECTOR, "table.hits a").text == "A1.1"
+    cells = new_hits.find_elements(By.CSS_SELECTOR, "table.hits tr")[1].find_elements(
+        By.TAG_NAME, "td"
+    )
+    assert [cell.text for cell in cells] == ["2", "A1.1", "0.75", "1", "1200"]  # at its first hit
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(ARTIFACTS / "report-hits-new-hits-view.png"))
 
