@@ -256,13 +256,16 @@ class Pipeline:
         return update.new_hits
 
     def _time_course_after_completion(self, inspection_id: int) -> tuple[DropHit, ...]:
-        """The completion is committed: a failure here must not undo it. It is logged, and the
-        results-ready announcement (``results_ready``) computes the course again."""
+        """The completion is committed and the images are written: a failure here must not
+        fail the unit. It is logged, and the results-ready announcement (``results_ready``)
+        computes the course again before anything is announced (and fails there, visibly)."""
         try:
             return self.update_time_course(inspection_id)
         except TransientError as error:
             log.warning("time_course_deferred", reason=error.reason, detail=str(error))
-            return ()
+        except Exception:
+            log.exception("time_course_failed")
+        return ()
 
     def results_ready(self, inspection_id: int, image_count: int) -> ResultsReady:
         """The results-ready event of a done inspection, with its plate and new hits.

@@ -32,7 +32,8 @@ def process_plate(url: str, root: Path, seed: int) -> tuple[MockPlate, Pipeline]
 
 
 def first_hits(url: str, plate: MockPlate) -> dict[int, int | None]:
-    """location -> the inspection (1-based) the worker first called the drop a hit."""
+    """location -> the inspection (1-based) the worker first called the drop a hit (drops
+    without a course row are left out)."""
     engine = make_engine(url)
     try:
         with make_session_factory(engine)() as session:
@@ -42,6 +43,7 @@ def first_hits(url: str, plate: MockPlate) -> dict[int, int | None]:
     return {
         location: courses[sample].firstHitInspection
         for sample, location in zip(plate.blSampleIds, plate.locations, strict=True)
+        if sample in courses
     }
 
 
@@ -129,3 +131,34 @@ def test_where_the_baseline_misses_the_truth_it_is_over_detection(
                 steps += 1
                 agree += seen[b] >= seen[a]
     assert (agree, steps) == (11, 13)
+
+
+def test_a_time_course_that_fails_after_completion_is_caught_up_before_announcing(
+    ispyb_sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chimp_worker.errors import DatabaseUnavailableError
+    from chimp_worker.ispyb import time_course
+
+    plate = small_plate(
+        ispyb_sqlite_url, tmp_path / "images", wells=1, outcomes={1: "crystals", 2: "clear"}
+    )
+    pipeline = Pipeline.from_settings(plate_settings(ispyb_sqlite_url, tmp_path / "images"))
+    real = time_course.refresh_time_course
+
+    def lost_connection(*args: object, **kwargs: object) -> object:
+        raise DatabaseUnavailableError("MariaDB error 2013 (lost connection during query)")
+
+    monkeypatch.setattr(time_course, "refresh_time_course", lost_connection)
+    outcome = pipeline.process(plate.latest.containerInspectionId)
+    assert outcome.completed_inspection  # the images and the completion stand
+    assert outcome.new_hits == ()
+    assert first_hits(ispyb_sqlite_url, plate) == {}  # no course written
+    monkeypatch.setattr(time_course, "refresh_time_course", real)
+    event = pipeline.results_ready(plate.latest.containerInspectionId, outcome.image_count)
+    found = first_hits(ispyb_sqlite_url, plate)
+    assert set(found) == {1, 2}  # caught up: every drop has its course now
+    assert found[1] == 1  # the crystal drop is a hit at the (only) inspection
+    assert {int(hit.location) for hit in event.newHits} == {
+        location for location, first in found.items() if first == 1
+    }
+    pipeline.close()
