@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("chimp_worker.commands.replay_cmd:replay", "Re-process backlogged inspections."),
     "dlq": ("chimp_worker.commands.dlq_cmd:dlq", "List, show, reinject or purge dead letters."),
     "results": ("chimp_worker.commands.results_cmd:results", "Query results for a plate."),
+    "hits": ("chimp_worker.commands.hits_cmd:hits", "List crystal hits, ranked by promise."),
     "report": ("chimp_worker.commands.report_cmd:report", "Write an HTML plate overview."),
     "bench": ("chimp_worker.commands.bench_cmd:bench", "Measure throughput and memory."),
     "evaluate": ("chimp_worker.commands.evaluate_cmd:evaluate", "Score models on labelled data."),

@@ -126,6 +126,17 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, le=256, description="0: one per available core")
     batch_size: int = Field(4, ge=1, le=64)
 
+    # --- hits (docs/hits.md) ----------------------------------------------------------------
+    hit_rule: Literal["combined", "classifier", "detector"] = Field(
+        "combined",
+        description="how an image is called a crystal hit: both models, or one of them alone",
+    )
+    hit_thresholds_file: Path | None = Field(
+        None,
+        description="thresholds per analyser, from `chimp-worker evaluate hits --choose`; "
+        "unset: the built-in defaults",
+    )
+
     # --- images -----------------------------------------------------------------------------
     image_roots: list[Path] = Field(
         default_factory=list, description="images may only be read under these directories"

@@ -269,3 +269,13 @@ class DatasetError(PermanentError):
 
     reason = "bad_dataset"
     exit_status = 2
+
+
+# --- staff views -------------------------------------------------------------------------------
+
+
+class PicturesUnreadableError(PermanentError):
+    """A report was asked for with pictures, and some could not be read (named in the message);
+    ``--no-pictures`` asks for a report without them instead."""
+
+    reason = "pictures_unreadable"

@@ -1,6 +1,6 @@
 """The messages on the queues: a versioned JSON schema, frozen dataclasses, strict decoding.
 
-Every body is one JSON object ``{"type": ..., "version": 1, ...fields}``; field names are
+Every body is one JSON object ``{"type": ..., "version": N, ...fields}``; field names are
 ISPyB's own (camelCase) so a message reads like the rows it names. Decoding is strict: an
 unknown type, an unsupported version, a missing, mistyped or unknown field, or a body that is
 not UTF-8 JSON raises ``EventError`` with a specific ``reason`` -- the consumer dead-letters
@@ -13,7 +13,11 @@ what a worker would reject.
 
     inspection.completed  an imager finished a plate inspection (from the imager / replay)
     work.item             a few images of one inspection to analyse (planned by the worker)
-    inspection.results-ready  every image has a result or a recorded failure (from the worker)
+    inspection.results-ready  every image has a result or a recorded failure (from the worker);
+                              version 2 adds the plate and the drops that became crystal hits
+
+Each type has its own version (``EVENT_VERSIONS``); a reader also accepts the older versions
+listed in ``READABLE_VERSIONS`` (results-ready 1: no plate, no new hits).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, wi
 
 from chimp_worker.errors import EventError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # inspection.completed and work.item
+RESULTS_READY_VERSION = 2  # 2: containerId, barcode and newHits added
 MAX_EVENT_BYTES = 1024 * 1024  # a 288-image plate's ids fit in about 3 KiB
 MAX_IMAGES_PER_EVENT = 10_000
 MAX_EVENT_DEPTH = 8  # an event is an object holding at most a list of ids
@@ -84,10 +89,37 @@ class WorkItem:
         return _encode(self)
 
 
+Score = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
+
+
+@with_config(_STRICT_FIELDS)
+@dataclasses.dataclass(frozen=True)
+class NewHit:
+    """A drop that first became a crystal hit at this inspection (``chimp-worker hits``).
+
+    ``location`` is BLSample.location (the drop's index on the plate), ``well``/``drop`` its
+    place (None when the location does not fit the plate type), ``inspectionNumber`` the
+    inspection's 1-based position in time order, ``score`` the hit rule's score (0..1).
+    """
+
+    blSampleId: DatabaseId
+    location: ShortText | None
+    well: ShortText | None
+    drop: Annotated[int, Strict(), Field(ge=1)] | None
+    inspectionNumber: Annotated[int, Strict(), Field(ge=1)]
+    score: Score
+    crystalCount: Annotated[int, Strict(), Field(ge=0)]
+    crystalAreaUm2: Annotated[float, Strict(), Field(ge=0.0)] | None
+
+
 @with_config(_STRICT_FIELDS)
 @dataclasses.dataclass(frozen=True)
 class ResultsReady:
-    """Every image of the inspection has a result or a recorded failure (published once)."""
+    """Every image of the inspection has a result or a recorded failure (at least once).
+
+    ``newHits`` lists the drops whose first hit (in time order) is this inspection, best
+    first; a repeated event for the same inspection repeats them (treat it as a refresh).
+    """
 
     event_type: ClassVar[str] = "inspection.results-ready"
 
@@ -96,6 +128,9 @@ class ResultsReady:
     analyser: ShortText
     schemaName: ShortText
     completedAt: ShortText  # ISO 8601, UTC
+    containerId: DatabaseId | None = None
+    barcode: ShortText | None = None
+    newHits: Annotated[tuple[NewHit, ...], Field(max_length=MAX_IMAGES_PER_EVENT)] = ()
 
     def encode(self) -> bytes:
         return _encode(self)
@@ -109,6 +144,18 @@ EVENT_TYPES: dict[str, type[Event]] = {
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     name: TypeAdapter(cls) for name, cls in EVENT_TYPES.items()
 }
+# The version each type is written with, and the versions a reader accepts.
+EVENT_VERSIONS: dict[str, int] = {
+    InspectionCompleted.event_type: SCHEMA_VERSION,
+    WorkItem.event_type: SCHEMA_VERSION,
+    ResultsReady.event_type: RESULTS_READY_VERSION,
+}
+READABLE_VERSIONS: dict[str, frozenset[int]] = {
+    InspectionCompleted.event_type: frozenset({SCHEMA_VERSION}),
+    WorkItem.event_type: frozenset({SCHEMA_VERSION}),
+    ResultsReady.event_type: frozenset({1, RESULTS_READY_VERSION}),
+}
+_VERSION_1_RESULTS_FIELDS = frozenset({"containerId", "barcode", "newHits"})
 
 # pydantic error types -> our reasons; anything else is a bad value.
 _REASON_BY_ERROR = {
@@ -116,6 +163,7 @@ _REASON_BY_ERROR = {
     "extra_forbidden": "event_unknown_field",
     "unexpected_keyword_argument": "event_unknown_field",
     "int_type": "event_wrong_type",
+    "float_type": "event_wrong_type",
     "string_type": "event_wrong_type",
     "tuple_type": "event_wrong_type",
     "dataclass_type": "event_wrong_type",
@@ -163,12 +211,20 @@ def _decode(body: bytes) -> Event:
             f"unknown event type {event_type!r:.80} (known: {known})", reason="event_unknown_type"
         )
     version = data.pop("version", None)
-    if type(version) is not int or version != SCHEMA_VERSION:
+    readable = READABLE_VERSIONS[event_type]
+    if type(version) is not int or version not in readable:
+        shown = ", ".join(str(v) for v in sorted(readable))
         raise EventError(
-            f"{event_type}: unsupported version {version!r:.40} "
-            f"(this worker reads {SCHEMA_VERSION})",
+            f"{event_type}: unsupported version {version!r:.40} (this worker reads {shown})",
             reason="event_unsupported_version",
         )
+    if event_type == ResultsReady.event_type and version == 1:
+        added = sorted(_VERSION_1_RESULTS_FIELDS & set(data))
+        if added:
+            raise EventError(
+                f"{event_type}: version 1 has no field {', '.join(added)}",
+                reason="event_unknown_field",
+            )
     try:
         return _ADAPTERS[event_type].validate_python(data)
     except ValidationError as exc:
@@ -308,7 +364,14 @@ def plan_work_items(
 
 
 def results_ready_now(
-    inspection_id: int, image_count: int, analyser: str, schema_name: str
+    inspection_id: int,
+    image_count: int,
+    analyser: str,
+    schema_name: str,
+    *,
+    container_id: int | None = None,
+    barcode: str | None = None,
+    new_hits: Sequence[NewHit] = (),
 ) -> ResultsReady:
     return ResultsReady(
         containerInspectionId=inspection_id,
@@ -316,6 +379,9 @@ def results_ready_now(
         analyser=analyser,
         schemaName=schema_name,
         completedAt=datetime.now(UTC).isoformat(timespec="seconds"),
+        containerId=container_id,
+        barcode=barcode,
+        newHits=tuple(new_hits),
     )
 
 
@@ -324,8 +390,9 @@ def _encode(event: Event) -> bytes:
         name: list(value) if isinstance(value, tuple) else value
         for name, value in dataclasses.asdict(event).items()
     }
+    version = EVENT_VERSIONS[event.event_type]
     body = json.dumps(
-        {"type": event.event_type, "version": SCHEMA_VERSION, **fields}, separators=(",", ":")
+        {"type": event.event_type, "version": version, **fields}, separators=(",", ":")
     ).encode("utf-8")
     decode_event(body)  # never publish what a worker would dead-letter
     return body

@@ -59,7 +59,6 @@ from chimp_worker.events import (
     WorkItem,
     decode_event,
     plan_work_items,
-    results_ready_now,
 )
 from chimp_worker.ispyb import progress as db
 from chimp_worker.ispyb.database import database_errors_described, probe_database
@@ -258,8 +257,9 @@ class MessageHandler:
         """
         if not self._results_owed(delivery, outcome):
             return Action.ACKED
-        event = results_ready_now(
-            outcome.inspection_id, outcome.image_count, outcome.analyser, outcome.schema_name
+        # the event carries the plate's new hits, from the time course (brought up to date)
+        event = self.retry(
+            lambda: self.pipeline.results_ready(outcome.inspection_id, outcome.image_count)
         )
         for attempt in range(RESULTS_READY_ATTEMPTS):
             try:

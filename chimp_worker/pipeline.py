@@ -41,8 +41,10 @@ from chimp_worker.errors import (
     ImageFetchError,
     ImageMissingError,
     ImageTimeoutError,
+    TransientError,
     UnknownImageError,
 )
+from chimp_worker.hits.policy import HitPolicy
 from chimp_worker.log import get_logger
 
 if TYPE_CHECKING:
@@ -50,8 +52,10 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from chimp_worker.config import Settings
+    from chimp_worker.events import ResultsReady
     from chimp_worker.images import ImageSource
     from chimp_worker.ispyb.progress import InspectionImage
+    from chimp_worker.ispyb.time_course import DropHit
 
 log = get_logger(__name__)
 
@@ -114,6 +118,7 @@ class WorkOutcome:
     analyser: str = ""
     schema_name: str = ""
     seconds: float = 0.0
+    new_hits: tuple[DropHit, ...] = ()  # drops that first became hits here (when completed)
 
 
 @dataclass
@@ -159,10 +164,12 @@ class Pipeline:
         engine: Engine | None = None,
         baseline_writes_targets: bool = True,
         image_deadline_s: float = DEFAULT_IMAGE_DEADLINE_S,
+        hit_policy: HitPolicy | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.image_deadline_s = image_deadline_s
         self.baseline_writes_targets = baseline_writes_targets
+        self.hit_policy = hit_policy or HitPolicy()
         self.image_source = image_source
         self.analyser = analyser
         self.batch_size = max(1, batch_size)
@@ -177,9 +184,11 @@ class Pipeline:
         image_source: ImageSource | None = None,
     ) -> Pipeline:
         """Database, image source and analyser from settings; pass parts to replace them."""
+        from chimp_worker.hits.policy import load_policy
         from chimp_worker.images import make_image_source
         from chimp_worker.ispyb.database import make_engine, make_session_factory
 
+        policy = load_policy(settings.hit_rule, settings.hit_thresholds_file)
         engine = make_engine(settings.database_url, settings.database_connect_args)
         return cls(
             make_session_factory(engine),
@@ -189,6 +198,7 @@ class Pipeline:
             engine=engine,
             baseline_writes_targets=settings.baseline_writes_targets,
             image_deadline_s=settings.image_deadline_s,
+            hit_policy=policy,
         )
 
     @property
@@ -253,6 +263,7 @@ class Pipeline:
                 report(image_id, "skipped", None, 0.0)
             written, failed, changed = self._run(todo, report, beat)
             completed = db.try_complete_inspection(self.session_factory, inspection_id)
+            new_hits = self._time_course_after_completion(inspection_id) if completed else ()
             outcome = WorkOutcome(
                 inspection_id=inspection_id,
                 image_count=len(images),
@@ -264,6 +275,7 @@ class Pipeline:
                 analyser=self.analyser.name,
                 schema_name=self.analyser.schema_name,
                 seconds=time.perf_counter() - started,
+                new_hits=new_hits,
             )
             log.info(
                 "work_done",
@@ -272,9 +284,74 @@ class Pipeline:
                 failed=len(failed),
                 skipped=len(skipped),
                 completed_inspection=completed,
+                new_hits=len(new_hits),
                 seconds=round(outcome.seconds, 3),
             )
             return outcome
+
+    def update_time_course(self, inspection_id: int, *, full: bool = False) -> tuple[DropHit, ...]:
+        """Bring the plate's time course up to date with this (done) inspection; idempotent.
+
+        Returns the drops that first became hits at the inspection. See
+        ``chimp_worker.ispyb.time_course``.
+        """
+        from chimp_worker.ispyb.time_course import refresh_time_course
+
+        update = refresh_time_course(
+            self.session_factory, inspection_id, self.hit_policy, full=full
+        )
+        log.info(
+            "time_course_updated",
+            container_id=update.containerId,
+            inspections_computed=len(update.inspections_computed),
+            rows_written=update.rows_written,
+            new_hits=len(update.new_hits),
+        )
+        return update.new_hits
+
+    def _time_course_after_completion(self, inspection_id: int) -> tuple[DropHit, ...]:
+        """The completion is committed and the images are written: a failure here must not
+        fail the unit. It is logged, and the results-ready announcement (``results_ready``)
+        computes the course again before anything is announced (and fails there, visibly)."""
+        try:
+            return self.update_time_course(inspection_id)
+        except TransientError as error:
+            log.warning("time_course_deferred", reason=error.reason, detail=str(error))
+        except Exception:
+            log.exception("time_course_failed")
+        return ()
+
+    def results_ready(self, inspection_id: int, image_count: int) -> ResultsReady:
+        """The results-ready event of a done inspection, with its plate and new hits.
+
+        Updates the time course first (a no-op when the completion already did), so an
+        announcement is never made from a course the completion failed to write.
+        """
+        from chimp_worker.events import NewHit, results_ready_now
+        from chimp_worker.ispyb.time_course import refresh_time_course
+
+        update = refresh_time_course(self.session_factory, inspection_id, self.hit_policy)
+        return results_ready_now(
+            inspection_id,
+            image_count,
+            self.analyser.name,
+            self.analyser.schema_name,
+            container_id=update.containerId,
+            barcode=update.barcode,
+            new_hits=[
+                NewHit(
+                    blSampleId=hit.blSampleId,
+                    location=hit.location or None,
+                    well=hit.well,
+                    drop=hit.drop,
+                    inspectionNumber=hit.inspectionNumber,
+                    score=hit.score,
+                    crystalCount=hit.crystalCount,
+                    crystalAreaUm2=hit.crystalAreaUm2,
+                )
+                for hit in update.new_hits
+            ],
+        )
 
     def _run(
         self, todo: list[InspectionImage], report: _Reporter, beat: Heartbeat

@@ -483,7 +483,6 @@ def announce_results(
     What a daemon does when it completes an inspection, for a ``--local`` replay: confirmed
     by the broker (``mandatory``), then recorded, so a second run announces nothing again.
     """
-    from chimp_worker.events import results_ready_now
     from chimp_worker.ispyb.progress import mark_results_published, results_pending_publication
 
     factory = pipeline.session_factory
@@ -491,12 +490,7 @@ def announce_results(
         inspection_id = inspection.containerInspectionId
         if not results_pending_publication(factory, inspection_id):
             continue
-        event = results_ready_now(
-            inspection_id,
-            inspection.image_count,
-            pipeline.analyser.name,
-            pipeline.analyser.schema_name,
-        )
+        event = pipeline.results_ready(inspection_id, inspection.image_count)
         publisher.publish(
             event, exchange=settings.results_exchange, routing_key=settings.results_routing_key
         )

@@ -173,3 +173,41 @@ def test_with_model_files_configured_the_demo_runs_chimp(tmp_path: Path) -> None
     assert result.analyser == "chimp"
     assert result.schema_name == "CHIMP"
     assert rows(result.database_url)["chimp_scores"] == 2 * 4
+
+
+def test_a_schedule_shows_hits_appearing_over_time_against_the_truth(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["demo", "--out", str(tmp_path), "--wells", "3", "--size", "253x203"]
+    result = runner.invoke(cli, [*args, "--schedule", "4", "--no-report"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "hits over time" in out
+    # A2.2 first shows a crystal at the third inspection and is first called a hit there;
+    # A1.1 is precipitate the baseline calls a crystal from the start
+    assert (
+        "first hits at the truth's first crystal 2/2 drops with crystals (0 early, 0 late, "
+        "0 missed); 1 of 4 drops without crystals called a hit"
+    ) in " ".join(out.split())
+    assert "new hits at inspection 1: 2 (A1.1, A3.1)" in out
+    assert "new hits at inspection 2: 0 (none)" in out
+    assert "new hits at inspection 3: 1 (A2.2)" in out
+    assert "hits --barcode DEMO-0001" in out
+    hits = runner.invoke(
+        cli,
+        [
+            "--database-url",
+            f"sqlite:///{tmp_path.resolve() / 'chimp-demo.sqlite'}",
+            "hits",
+            "--barcode",
+            "DEMO-0001",
+            "--new",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "csv",
+        ],
+        catch_exceptions=False,
+    )
+    assert hits.exit_code == 0, hits.output
+    lines = hits.output.splitlines()
+    assert len(lines) == 4  # header + three drops first hit within the schedule

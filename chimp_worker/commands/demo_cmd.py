@@ -206,6 +206,7 @@ def _print_overview(console: Console, result: DemoResult) -> None:
     console.print(table)
     _print_plate_map(console, result)
     _print_truth_summary(console, result)
+    _print_hits(console, result)
     console.print("\n[bold]where things are[/bold]")
     console.print(f"  database   {result.database_path}")
     console.print(f"  images     {plate.visit_dir / 'imaging' / str(plate.containerId)}")
@@ -215,6 +216,10 @@ def _print_overview(console: Console, result: DemoResult) -> None:
     console.print("  results    chimp-worker --database-url \\", soft_wrap=True)
     console.print(
         f"               {result.database_url} results --barcode {plate.barcode}", soft_wrap=True
+    )
+    console.print("  hits       chimp-worker --database-url \\", soft_wrap=True)
+    console.print(
+        f"               {result.database_url} hits --barcode {plate.barcode}", soft_wrap=True
     )
 
 
@@ -242,6 +247,58 @@ def _print_plate_map(console: Console, result: DemoResult) -> None:
             "".join(by_well.get(f"{letter}{column}", ["  "])) + "  " for column in range(1, 13)
         ]
         console.print(f"  {letter}  " + "".join(cells))
+
+
+def _print_hits(console: Console, result: DemoResult) -> None:
+    """Each drop over the schedule: the worker's verdicts beside the truth's first crystal."""
+    from rich.table import Table
+
+    checks = result.hit_checks
+    inspections = len(result.plate.inspections)
+    if not checks:
+        return
+    table = Table(
+        title="hits over time (X hit, . no hit; P(crystal) and crystals counted)",
+        title_justify="left",
+    )
+    for heading in ("well", "drop", "rank", *(f"insp {n}" for n in range(1, inspections + 1))):
+        table.add_column(heading)
+    table.add_column("first hit")
+    table.add_column("truth: first crystal")
+    for check in checks:
+        by_number = {point.inspectionNumber: point for point in check.course}
+        cells = []
+        for number in range(1, inspections + 1):
+            point = by_number.get(number)
+            if point is None:
+                cells.append("-")
+                continue
+            mark = "[bold green]X[/]" if point.isHit else "."
+            p_crystal = "-" if point.pCrystal is None else f"{point.pCrystal:.2f}"
+            cells.append(f"{mark} {p_crystal} {point.crystalCount}")
+        verdict = "[green]agrees[/]" if check.agrees else "[red]differs[/]"
+        table.add_row(
+            check.well,
+            str(check.drop),
+            "-" if check.rank is None else str(check.rank),
+            *cells,
+            "-" if check.first_hit is None else f"insp {check.first_hit}",
+            ("-" if check.truth_first is None else f"insp {check.truth_first}") + f" {verdict}",
+        )
+    console.print()
+    console.print(table)
+    summary = result.hit_summary
+    console.print(
+        f"  first hits at the truth's first crystal   {summary.crystal_exact}/"
+        f"{summary.crystal_drops} drops with crystals ({summary.early} early, {summary.late} "
+        f"late, {summary.missed} missed); {summary.false_hits} of "
+        f"{summary.drops - summary.crystal_drops} drops without crystals called a hit"
+    )
+    for inspection in result.plate.inspections:
+        number = inspection.index + 1
+        new = [c for c in checks if c.first_hit == number]
+        names = ", ".join(f"{c.well}.{c.drop}" for c in new) or "none"
+        console.print(f"  new hits at inspection {number}: {len(new)} ({names})")
 
 
 def _print_truth_summary(console: Console, result: DemoResult) -> None:

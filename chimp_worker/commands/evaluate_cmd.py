@@ -254,6 +254,110 @@ def detector(
     _write_outputs(result.as_dict(), json_path, written)
 
 
+@evaluate.command("hits")
+@click.argument("labels_csv", type=FILE)
+@click.option(
+    "--val",
+    "val_csv",
+    type=FILE,
+    help="Labelled CSV to choose the thresholds on (implies --choose); LABELS_CSV is the test.",
+)
+@click.option(
+    "--choose",
+    "thresholds_out",
+    type=FILE,
+    help="Choose the thresholds on a validation split and write them to this file "
+    "(CHIMP_HIT_THRESHOLDS_FILE reads it; other analysers' entries are kept).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.3,
+    show_default=True,
+    help="Without --val: the share of LABELS_CSV held out to choose on (stratified).",
+)
+@seed_option("Seed of the held-out split.")
+@label_map_option(_LABEL_MAP_HELP)
+@image_root_option()
+@json_output_option("Write every number and every image's verdicts as JSON here.")
+@pass_app
+def hits(
+    app: AppContext,
+    labels_csv: Path,
+    val_csv: Path | None,
+    thresholds_out: Path | None,
+    val_fraction: float,
+    seed: int,
+    label_map: str | None,
+    image_root: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Compare hit calling by the classifier alone, the detector alone and both combined.
+
+    Runs the worker's analyser (CHiMP models from the settings, else the weight-free
+    baseline) on a labelled CSV (labels collapsed to crystals / no crystals, as in the paper's
+    Tables 7 and 9) and prints precision, recall and F1 of 'crystals' for each rule with the
+    configured thresholds (CHIMP_HIT_THRESHOLDS_FILE, else the defaults). With --choose (or
+    --val), the thresholds are first chosen to maximise each rule's F1 on a validation split
+    and written to a file the worker reads; the table then shows both splits.
+
+    \b
+    Example:
+      chimp-worker evaluate mock-dataset /tmp/mock-hits --count 120
+      chimp-worker evaluate hits /tmp/mock-hits/labels.csv
+      chimp-worker evaluate hits /tmp/mock-hits/labels.csv --choose hits.json --json h.json
+      chimp-worker evaluate hits vmxi-test.csv --val vmxi-val.csv --label-map table1 \\
+          --choose /etc/chimp-worker/hits.json
+    """
+    from rich.console import Console
+
+    from chimp_worker.evaluate import report
+    from chimp_worker.evaluate.hits import RULE_TITLES
+    from chimp_worker.evaluate.runner import count_rows, run_hits_evaluation
+    from chimp_worker.hits.policy import write_thresholds
+    from chimp_worker.hits.rules import HIT_RULES
+
+    if val_csv is not None and thresholds_out is None:
+        raise click.UsageError("--val chooses thresholds: name the file to write with --choose")
+    settings = app.settings()
+    total = count_rows(labels_csv, None) + (count_rows(val_csv, None) if val_csv else 0)
+    with _progress(total, f"analysing ({settings.effective_analyser})") as advance:
+        result = run_hits_evaluation(
+            settings,
+            labels_csv,
+            val_csv=val_csv,
+            choose=thresholds_out is not None,
+            val_fraction=val_fraction,
+            seed=seed,
+            label_map=label_map,
+            image_root=image_root,
+            progress=advance,
+        )
+    console = Console()
+    splits = [("test", result.test)]
+    if result.validation:
+        splits.insert(0, ("validation", result.validation))
+    for on, images in splits:
+        title = (
+            f"Hit calling by {result.analyser}: 'crystals' on {on} "
+            f"({len(images)} images, thresholds "
+            f"{'chosen on validation' if result.chosen else 'as configured'})"
+        )
+        rows = [(RULE_TITLES[rule], result.metrics(rule, on)) for rule in HIT_RULES]
+        console.print(report.hits_table(rows, title))
+    shown = ", ".join(f"{k}={v}" for k, v in result.thresholds.as_dict().items())
+    console.print(f"thresholds: {shown}")
+    if thresholds_out is not None:
+        written = write_thresholds(
+            thresholds_out, result.analyser, result.thresholds, result.provenance()
+        )
+        click.echo(f"wrote thresholds for {result.analyser}: {written}")
+    for image in result.test + result.validation:
+        if image.error:
+            click.echo(f"image not analysed: {image.row.path}: {image.error}", err=True)
+    _write_outputs(result.as_dict(), json_path, [])
+
+
 @evaluate.command("mock-dataset")
 @click.argument("folder", type=FOLDER)
 @flavour_option(default="vmxi")

@@ -34,7 +34,28 @@ from chimp_worker.cli import AppContext, pass_app
     show_default=True,
     help="Longest side of the embedded drop pictures, in pixels.",
 )
-@click.option("--no-images", is_flag=True, help="Leave the drop pictures out (a smaller file).")
+@click.option(
+    "--no-pictures",
+    "--no-images",
+    "no_pictures",
+    is_flag=True,
+    help="Leave the drop pictures out (a smaller file; no image roots needed).",
+)
+@click.option(
+    "--colour-scale",
+    type=click.Choice(["viridis", "red-green"]),
+    default="viridis",
+    show_default=True,
+    help="P(Crystals) colours: viridis reads for every colour vision; red-green is the "
+    "paper's Figure 3.",
+)
+@click.option(
+    "--image-link",
+    metavar="TEMPLATE",
+    help="Link each drop to its full-size image here, e.g. "
+    "https://images.example/{imageFullPath} or .../{blSampleImageId} "
+    "[default: the URL or file the worker reads].",
+)
 @pass_app
 def report(
     app: AppContext,
@@ -43,37 +64,53 @@ def report(
     png: Path | None,
     inspection_id: int | None,
     thumbnail_size: int,
-    no_images: bool,
+    no_pictures: bool,
+    colour_scale: str,
+    image_link: str | None,
 ) -> None:
-    """Write a plate overview: the plate schematic coloured red to green by P(Crystals) (as in
-    the CHiMP paper's Figure 3), an inspection selector for the time course, and for each drop
-    its picture with crystal targets, detection boxes and the dispense point.
+    """Write a plate overview: the plate schematic coloured by P(Crystals) (viridis, or red to
+    green as in the CHiMP paper's Figure 3), a view of the new crystal hits of each inspection,
+    the drops ranked by promise, an inspection selector, and for each drop its picture with
+    numbered crystal targets, detection boxes and the dispense point, a legend, a link to the
+    full-size image, and the strip of its pictures across inspections with P(crystal) and
+    crystal count over time.
 
     The HTML file needs no network and no other file: open it in any browser, or attach it.
     Pictures are read the way the worker reads them (CHIMP_IMAGE_ROOTS, CHIMP_IMAGE_PATH_MAP or
-    CHIMP_IMAGE_URL_TEMPLATE).
+    CHIMP_IMAGE_URL_TEMPLATE); when they cannot be read the command fails (exit 2 for missing
+    settings, 1 for unreadable files, after writing the report) unless --no-pictures is given.
 
     \b
     Example:
       chimp-worker report --barcode CQX-0001
       chimp-worker report --barcode CQX-0001 --out /tmp/cqx.html --png /tmp/cqx.png
+      chimp-worker report --barcode CQX-0001 --no-pictures --colour-scale red-green
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from chimp_worker.errors import ConfigError
+    from chimp_worker.errors import ConfigError, PicturesUnreadableError
     from chimp_worker.ispyb import queries
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.report import write_html, write_png
-    from chimp_worker.report.build import ImageLoader, build_plate_report, make_image_loader
+    from chimp_worker.report.build import (
+        ImageLinker,
+        ImageLoader,
+        build_plate_report,
+        make_image_linker,
+        make_image_loader,
+    )
 
     settings = app.settings()
     out = out or Path(f"plate-{_safe_name(barcode)}.html")
     loader: ImageLoader | None = None
-    if not no_images:
+    linker: ImageLinker | None = make_image_linker(settings, image_link)
+    if not no_pictures:
         try:
             loader = make_image_loader(settings, thumbnail_size)
         except ConfigError as error:
-            click.echo(f"note: drop pictures left out: {error}", err=True)
+            raise ConfigError(
+                f"drop pictures cannot be read: {error}; or pass --no-pictures"
+            ) from None
 
     engine = make_engine(settings.database_url, settings.database_connect_args)
     try:
@@ -90,7 +127,9 @@ def report(
                 factory,
                 plate,
                 load_image=loader,
+                link_image=linker,
                 thumbnail_size=thumbnail_size,
+                colour_scale=colour_scale,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
     finally:
@@ -113,6 +152,12 @@ def report(
             raise click.UsageError(f"plate {barcode} has no Completed inspection to draw")
         write_png(data, png, inspection_id)
         click.echo(f"schematic: {png}")
+    if data.unreadable_pictures:
+        raise PicturesUnreadableError(
+            f"{data.unreadable_pictures} drop picture(s) could not be read, so {out} was written "
+            "without them (see the note above); fix CHIMP_IMAGE_ROOTS / CHIMP_IMAGE_PATH_MAP, "
+            "or pass --no-pictures for a report without pictures"
+        )
 
 
 def _safe_name(barcode: str) -> str:

@@ -131,6 +131,26 @@ def binary_table(metrics: ClassificationMetrics, score_threshold: float) -> Tabl
     return table
 
 
+def hits_table(rows: Sequence[tuple[str, ClassificationMetrics]], title: str) -> Table:
+    """Hit calling: precision, recall and F1 of 'crystals' for each rule (classifier alone,
+    detector alone, combined), with the images behind them."""
+    table = Table(title=title)
+    for heading in ("rule", "precision", "recall", "F1", "crystals", "called", "images"):
+        table.add_column(heading, justify="left" if heading == "rule" else "right")
+    for name, metrics in rows:
+        scores = metrics.scores("crystals")
+        table.add_row(
+            name,
+            _number(scores.precision),
+            _number(scores.recall),
+            _number(scores.f1),
+            str(scores.support),
+            str(scores.predicted),
+            str(metrics.images),
+        )
+    return table
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from chimp_worker.evaluate.datasets import (
     read_labelled_csv,
 )
 from chimp_worker.evaluate.detector import DetectorEvaluation, evaluate_detector
+from chimp_worker.evaluate.hits import HitEvaluation
 
 
 def load_rows(
@@ -170,6 +171,47 @@ def run_detector_evaluation(
         categories=categories,
         iou_types=iou_types,
         max_detections=max_detections,
+        max_pixels=settings.image_max_pixels,
+        batch_size=settings.batch_size,
+        progress=progress,
+    )
+
+
+def run_hits_evaluation(
+    settings: Settings,
+    labels_csv: Path,
+    *,
+    val_csv: Path | None = None,
+    choose: bool = False,
+    val_fraction: float = 0.3,
+    seed: int = 0,
+    label_map: str | None = None,
+    image_root: Path | None = None,
+    progress: Progress | None = None,
+) -> HitEvaluation:
+    """The three hit rules on a labelled CSV with the worker's own analyser (CHiMP models when
+    model files are configured, else the baseline) and its configured thresholds, or with
+    thresholds chosen on ``val_csv`` / a held-out split."""
+    from chimp_worker.evaluate.hits import evaluate_hits
+    from chimp_worker.hits.policy import load_policy
+    from chimp_worker.pipeline import make_analyser
+
+    rows = load_rows(labels_csv, label_map, image_root=image_root)
+    validation = load_rows(val_csv, label_map, image_root=image_root) if val_csv else None
+    if validation is not None:
+        choose = True
+    analyser = make_analyser(settings)
+    policy = load_policy(settings.hit_rule, settings.hit_thresholds_file)
+    return evaluate_hits(
+        analyser,
+        rows,
+        test_set=Path(labels_csv).stem,
+        thresholds=policy.for_analyser(analyser.name),
+        validation_rows=validation,
+        choose=choose,
+        val_fraction=val_fraction,
+        seed=seed,
+        min_detector_score=settings.score_threshold,
         max_pixels=settings.image_max_pixels,
         batch_size=settings.batch_size,
         progress=progress,

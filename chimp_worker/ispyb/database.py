@@ -274,6 +274,9 @@ PREFLIGHT_QUERIES = (
     "SELECT blSampleImageId, imageFullPath FROM BLSampleImage LIMIT 1",
     "SELECT containerInspectionId FROM chimp_inspection LIMIT 1",
     "SELECT blSampleImageId FROM chimp_image_result LIMIT 1",
+    "SELECT containerId, barcode, containerTypeId FROM Container LIMIT 1",  # new hits' plate
+    "SELECT containerTypeId, wellPerRow FROM ContainerType LIMIT 1",
+    "SELECT blSampleId FROM chimp_drop_course LIMIT 1",  # the time course (worker_0005)
 )
 
 

@@ -17,7 +17,18 @@ from __future__ import annotations
 
 import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Double, Float, Index, Integer, String, Text, text
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Double,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from chimp_worker.ispyb.tables import int_
@@ -129,6 +140,9 @@ class ChimpDetection(WorkerBase):
     blSubSampleId: Mapped[int | None] = mapped_column(
         int_(11, unsigned=True), comment="the auto BLSubSample written for this crystal target"
     )
+    modelRole: Mapped[str | None] = mapped_column(
+        String(32), comment="the model that found it (vmxi_detector, xchem_detector...)"
+    )
 
 
 class ChimpInspection(WorkerBase):
@@ -203,3 +217,85 @@ class ChimpIspybRow(WorkerBase):
         String(64), comment="why re-processing kept it, e.g. 'queued by staff'; NULL: current"
     )
     keptAt: Mapped[datetime.datetime | None] = mapped_column(DateTime())
+
+
+class ChimpDropInspection(WorkerBase):
+    """One drop in one inspection as the hit rule saw it: a point of the drop's time course.
+
+    Written when the inspection completes (``ispyb.time_course``), from the image's stored
+    result; rewritten only when a value changes, so a re-run leaves the rows as they were.
+    """
+
+    __tablename__ = "chimp_drop_inspection"
+    __table_args__ = (
+        Index("chimp_drop_inspection_container_idx", "containerId", "inspectionNumber"),
+        Index("chimp_drop_inspection_inspection_idx", "containerInspectionId"),
+        {"comment": "chimp-worker: each drop's time course, one row per inspection"},
+    )
+
+    blSampleId: Mapped[int] = mapped_column(
+        int_(11, unsigned=True), primary_key=True, autoincrement=False
+    )
+    containerInspectionId: Mapped[int] = mapped_column(
+        int_(11, unsigned=True), primary_key=True, autoincrement=False
+    )
+    containerId: Mapped[int] = mapped_column(int_(11, unsigned=True))
+    blSampleImageId: Mapped[int] = mapped_column(int_(11, unsigned=True))
+    inspectionNumber: Mapped[int] = mapped_column(
+        Integer(), comment="1-based, time order of the plate's Completed inspections"
+    )
+    inspectedAt: Mapped[datetime.datetime | None] = mapped_column(DateTime())
+    analyser: Mapped[str | None] = mapped_column(String(32))
+    pCrystal: Mapped[float | None] = mapped_column(Double(), comment="NULL: no classifier ran")
+    crystalCount: Mapped[int] = mapped_column(Integer(), comment="crystals the hit rule counts")
+    crystalAreaPx: Mapped[int] = mapped_column(Integer(), comment="their summed mask areas")
+    crystalAreaUm2: Mapped[float | None] = mapped_column(
+        Double(), comment="crystalAreaPx * micronsPerPixelX * micronsPerPixelY"
+    )
+    largestCrystalUm2: Mapped[float | None] = mapped_column(Double())
+    bestCrystalScore: Mapped[float | None] = mapped_column(Double())
+    hitScore: Mapped[float] = mapped_column(Double(), comment="0..1, the rule's score")
+    isHit: Mapped[bool] = mapped_column(Boolean(create_constraint=False))
+    hitRule: Mapped[str] = mapped_column(String(16), comment="combined | classifier | detector")
+    updatedAt: Mapped[datetime.datetime] = mapped_column(DateTime())
+
+
+class ChimpDropCourse(WorkerBase):
+    """Per drop: when it first became a hit, where it stands now, its growth and promise."""
+
+    __tablename__ = "chimp_drop_course"
+    __table_args__ = (
+        Index("chimp_drop_course_container_idx", "containerId", "promise"),
+        Index("chimp_drop_course_first_hit_idx", "firstHitInspectionId"),
+        {"comment": "chimp-worker: each drop's first hit, latest state, growth and promise"},
+    )
+
+    blSampleId: Mapped[int] = mapped_column(
+        int_(11, unsigned=True), primary_key=True, autoincrement=False
+    )
+    containerId: Mapped[int] = mapped_column(int_(11, unsigned=True))
+    inspections: Mapped[int] = mapped_column(Integer(), comment="inspections observed")
+    firstHitInspectionId: Mapped[int | None] = mapped_column(int_(11, unsigned=True))
+    firstHitInspection: Mapped[int | None] = mapped_column(
+        Integer(), comment="its inspectionNumber (1-based, time order)"
+    )
+    firstHitAt: Mapped[datetime.datetime | None] = mapped_column(DateTime())
+    firstHitScore: Mapped[float | None] = mapped_column(Double())
+    firstHitAreaUm2: Mapped[float | None] = mapped_column(Double())
+    latestInspectionId: Mapped[int] = mapped_column(int_(11, unsigned=True))
+    latestInspection: Mapped[int] = mapped_column(Integer())
+    latestAt: Mapped[datetime.datetime | None] = mapped_column(DateTime())
+    isHit: Mapped[bool] = mapped_column(
+        Boolean(create_constraint=False), comment="a hit at the latest inspection"
+    )
+    score: Mapped[float] = mapped_column(Double(), comment="hit score at the latest inspection")
+    pCrystal: Mapped[float | None] = mapped_column(Double())
+    crystalCount: Mapped[int] = mapped_column(Integer())
+    crystalAreaPx: Mapped[int] = mapped_column(Integer())
+    crystalAreaUm2: Mapped[float | None] = mapped_column(Double())
+    growthUm2: Mapped[float | None] = mapped_column(
+        Double(), comment="crystal area now minus at the first hit (um^2, else px)"
+    )
+    growthFactor: Mapped[float | None] = mapped_column(Double())
+    promise: Mapped[float] = mapped_column(Double(), comment="0..1: score, size and growth")
+    updatedAt: Mapped[datetime.datetime] = mapped_column(DateTime())

@@ -398,6 +398,7 @@ def _replace_worker_rows(
                 centroidX=None if centroid is None else int(centroid[0]),
                 centroidY=None if centroid is None else int(centroid[1]),
                 blSubSampleId=subsample_ids.get(index),
+                modelRole=detection.model_role,
             )
         )
     for model in analysis.models:

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.config import Settings
+from chimp_worker.ispyb.hit_queries import CoursePoint
 from chimp_worker.ispyb.queries import DropResult
 from chimp_worker.log import get_logger
 from chimp_worker.mock_imager.plate import MockImage, MockPlate, create_plate
@@ -72,6 +73,57 @@ class DropCheck:
 
 
 @dataclass(frozen=True)
+class HitCheck:
+    """One drop's time course as the worker called it, beside the ground truth."""
+
+    location: int
+    well: str
+    drop: int
+    truth_first: int | None  # the first inspection (1-based) whose image shows a crystal
+    first_hit: int | None  # the first inspection the worker called a hit
+    rank: int | None  # on the plate, by promise
+    course: tuple[CoursePoint, ...]  # time order
+
+    @property
+    def agrees(self) -> bool:
+        return self.truth_first == self.first_hit
+
+
+@dataclass(frozen=True)
+class HitSummary:
+    """First hits against the truth, over a plate's drops."""
+
+    drops: int
+    crystal_drops: int  # drops the truth shows a crystal in, at some inspection
+    exact: int  # first hit at the truth's first crystal (never and never counts too)
+    crystal_exact: int  # of the crystal drops, first hit at the truth's first crystal
+    early: int  # crystal drops called before the truth shows their crystal
+    late: int  # crystal drops called after the truth's first crystal
+    missed: int  # crystal drops never called
+    false_hits: int  # drops without any crystal in the truth, called a hit
+
+    @classmethod
+    def of(cls, checks: tuple[HitCheck, ...]) -> HitSummary:
+        crystal = [c for c in checks if c.truth_first is not None]
+        called = [c for c in crystal if c.first_hit is not None]
+        return cls(
+            drops=len(checks),
+            crystal_drops=len(crystal),
+            exact=sum(c.agrees for c in checks),
+            crystal_exact=sum(c.agrees for c in crystal),
+            early=sum(c.first_hit < c.truth_first for c in called),  # type: ignore[operator]
+            late=sum(c.first_hit > c.truth_first for c in called),  # type: ignore[operator]
+            missed=len(crystal) - len(called),
+            false_hits=sum(c.truth_first is None and c.first_hit is not None for c in checks),
+        )
+
+    def __add__(self, other: HitSummary) -> HitSummary:
+        return HitSummary(
+            *(a + b for a, b in zip(vars(self).values(), vars(other).values(), strict=True))
+        )
+
+
+@dataclass(frozen=True)
 class DemoResult:
     database_url: str
     database_path: Path
@@ -85,6 +137,11 @@ class DemoResult:
     report_html: Path | None = None
     report_png: Path | None = None
     image_url_template: str | None = None
+    hit_checks: tuple[HitCheck, ...] = ()
+
+    @property
+    def hit_summary(self) -> HitSummary:
+        return HitSummary.of(self.hit_checks)
 
     @property
     def failed(self) -> dict[int, str]:
@@ -179,6 +236,7 @@ def run_demo(
         analyser, schema_name = pipeline.analyser.name, pipeline.analyser.schema_name
 
     checks = check_against_truth(local, plate)
+    hit_checks = check_hits_against_truth(local, plate)
     html = png = None
     if options.report:
         html, png = _write_report(local, plate, output)
@@ -195,6 +253,7 @@ def run_demo(
         report_html=html,
         report_png=png,
         image_url_template=local.image_url_template,
+        hit_checks=hit_checks,
     )
 
 
@@ -247,18 +306,60 @@ def check_against_truth(
     return tuple(checks)
 
 
+def check_hits_against_truth(settings: Settings, plate: MockPlate) -> tuple[HitCheck, ...]:
+    """Each drop's first hit in the worker's tables against its first true crystal."""
+    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.hit_queries import HitFilters, course_points, find_hits
+
+    engine = make_engine(settings.database_url, settings.database_connect_args)
+    try:
+        factory = make_session_factory(engine)
+        rows = {
+            row.blSampleId: row
+            for row in find_hits(factory, HitFilters(barcode=plate.barcode, all_drops=True))
+        }
+        points = course_points(factory, [plate.containerId])
+    finally:
+        engine.dispose()
+    first_images = {image.location: image for image in plate.inspections[0].images}
+    checks = []
+    for sample_id, location in zip(plate.blSampleIds, plate.locations, strict=True):
+        row = rows.get(sample_id)
+        image = first_images[location]
+        checks.append(
+            HitCheck(
+                location=location,
+                well=image.well,
+                drop=image.drop,
+                truth_first=plate.first_crystal_inspection(location),
+                first_hit=None if row is None else row.firstHitInspection,
+                rank=None if row is None else row.rank,
+                course=tuple(points.get(sample_id, ())),
+            )
+        )
+    return tuple(checks)
+
+
 def _write_report(settings: Settings, plate: MockPlate, output: Path) -> tuple[Path, Path]:
     from chimp_worker.ispyb import queries
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.report import write_html, write_png
-    from chimp_worker.report.build import build_plate_report, make_image_loader
+    from chimp_worker.report.build import (
+        build_plate_report,
+        make_image_linker,
+        make_image_loader,
+    )
 
     engine = make_engine(settings.database_url)
     try:
         factory = make_session_factory(engine)
         found = queries.find_plate(factory, barcode=plate.barcode)
         report = build_plate_report(
-            factory, found, load_image=make_image_loader(settings, 384), thumbnail_size=384
+            factory,
+            found,
+            load_image=make_image_loader(settings, 384),
+            link_image=make_image_linker(settings),
+            thumbnail_size=384,
         )
     finally:
         engine.dispose()

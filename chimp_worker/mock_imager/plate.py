@@ -30,7 +30,13 @@ from chimp_worker.ispyb.database import transaction
 from chimp_worker.log import get_logger
 from chimp_worker.mock_imager.faults import FILE_FAULTS, damage
 from chimp_worker.mock_imager.registration import parse_visit, register_plate
-from chimp_worker.mock_imager.scene import Scene, get_flavour, random_scene
+from chimp_worker.mock_imager.scene import (
+    Scene,
+    get_flavour,
+    nucleation_onset,
+    random_scene,
+    with_nucleation_onset,
+)
 from chimp_worker.mock_imager.synthetic import (
     GroundTruth,
     encode_jpeg,
@@ -119,6 +125,19 @@ class MockPlate:
     def truth(self, blsample_image_id: int) -> GroundTruth:
         return self.image(blsample_image_id).truth
 
+    def first_crystal_inspection(self, location: int) -> int | None:
+        """The inspection (1-based, time order) whose image of the drop first shows a crystal,
+        by the ground truth; None when it never does within the schedule."""
+        for inspection in self.inspections:
+            for image in inspection.images:
+                if image.location == location and image.truth.crystals:
+                    return inspection.index + 1
+        return None
+
+    @property
+    def locations(self) -> tuple[int, ...]:
+        return tuple(image.location for image in self.inspections[0].images)
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -148,6 +167,7 @@ def create_plate(
     faults: Mapping[int, str] | None = None,
     fault_inspections: Collection[int] | None = None,
     outcomes: Mapping[int, str] | None = None,
+    onsets: Mapping[int, float] | None = None,
     image_size: tuple[int, int] | None = None,
     visit: str = "mx23456-1",
     start: dt.datetime | None = None,
@@ -159,7 +179,9 @@ def create_plate(
     ``wells``: image only the first N wells (row-major from A1); None for the whole plate.
     ``faults``: drop location -> file fault (``faults.FILE_FAULTS``), applied in the
     inspections listed in ``fault_inspections`` (0-based; default all). ``outcomes``: drop
-    location -> outcome class, to fix what a drop shows (default: drawn by seed).
+    location -> outcome class, to fix what a drop shows (default: drawn by seed). ``onsets``:
+    location -> when (0..1 of the schedule) its crystals start to nucleate (default: drawn by
+    seed, ``scene.nucleation_onset``); with one inspection (time 1) it changes nothing.
     ``image_size`` (width, height) renders smaller than the imager's native size.
     ``on_completed`` runs after each inspection is marked Completed (to publish its event),
     ``on_image`` after each image file is written (for progress bars).
@@ -221,8 +243,9 @@ def create_plate(
         container_id = container.containerId
 
     scenes = {
-        location: random_scene(
-            _drop_seed(seed, location), width, height, (outcomes or {}).get(location)
+        location: with_nucleation_onset(
+            random_scene(_drop_seed(seed, location), width, height, (outcomes or {}).get(location)),
+            (onsets or {}).get(location, nucleation_onset(_drop_seed(seed, location))),
         )
         for _sample_id, location, _well, _drop in samples
     }

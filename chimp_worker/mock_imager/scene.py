@@ -174,6 +174,42 @@ def _ellipse_leaves_frame(ellipse: Ellipse, width: int, height: int) -> bool:
     return False
 
 
+# --- time courses ------------------------------------------------------------------------------
+
+# How a plate's crystal drops nucleate over a schedule: a share shows crystals from the first
+# inspection, the others start later, at a time drawn uniformly in ONSET_RANGE (0..1 of the
+# schedule). Drawn from a stream of their own, so the scenes (and every image rendered at
+# time 1) are exactly as without a schedule.
+ONSET_AT_START = 0.35
+ONSET_RANGE = (0.1, 0.8)
+
+
+def nucleation_onset(seed: int) -> float:
+    """When (0..1 of the schedule) a crystal drop of this seed first shows a crystal."""
+    rng = np.random.default_rng([seed, 0x0715E7])
+    if rng.random() < ONSET_AT_START:
+        return 0.0
+    return round(float(rng.uniform(*ONSET_RANGE)), 4)
+
+
+def with_nucleation_onset(scene: Scene, onset: float) -> Scene:
+    """The same drop with its crystals nucleating from ``onset`` on instead of from 0.
+
+    Each crystal's own delay is compressed into the time left after the onset, so the first
+    crystal appears at ``onset`` and every crystal is full grown at time 1 as before.
+    """
+    if not 0.0 <= onset < 1.0:
+        raise ValueError(f"onset must be within 0..1 (exclusive), got {onset}")
+    if onset == 0.0 or not scene.crystals:
+        return scene
+    return scene.with_crystals(
+        tuple(
+            replace(crystal, appears_at=onset + crystal.appears_at * (1.0 - onset))
+            for crystal in scene.crystals
+        )
+    )
+
+
 # --- random scenes -----------------------------------------------------------------------------
 
 

@@ -7,8 +7,10 @@ database; ``chimp_worker.report.build`` fills one from ISPyB and the worker's ta
 from chimp_worker.report.colours import drop_fill, probability_colour
 from chimp_worker.report.html import render_html, write_html
 from chimp_worker.report.model import (
+    CourseMark,
     DetectionMark,
     DispenseMark,
+    DropRank,
     DropReport,
     InspectionReport,
     PlateLayout,
@@ -19,8 +21,10 @@ from chimp_worker.report.png import render_png, write_png
 from chimp_worker.report.thumbnails import thumbnail_data_uri
 
 __all__ = [
+    "CourseMark",
     "DetectionMark",
     "DispenseMark",
+    "DropRank",
     "DropReport",
     "InspectionReport",
     "PlateLayout",

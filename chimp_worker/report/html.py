@@ -19,7 +19,8 @@ from chimp_worker.report.colours import (
     PENDING_FILL,
     drop_fill,
     gradient_stops,
-    probability_colour,
+    scale_colour,
+    text_colour,
 )
 from chimp_worker.report.model import (
     CRYSTAL_CLASS,
@@ -27,7 +28,9 @@ from chimp_worker.report.model import (
     STATE_FAILED,
     STATE_NO_IMAGE,
     STATE_PENDING,
+    CourseMark,
     DropPosition,
+    DropRank,
     DropReport,
     InspectionReport,
     PlateReport,
@@ -36,6 +39,10 @@ from chimp_worker.report.schematic import Schematic, layout_schematic
 
 # Probability rows in the drop view, crystals first; other schemas' classes follow by name.
 _CLASS_ORDER = (CRYSTAL_CLASS, "clear", "precipitant", "other")
+
+
+# How many drops the ranked list on the page shows (the JSON of `hits --all` has them all).
+RANKED_SHOWN = 24
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,15 @@ class _Cell:
     fill: str
     title: str
     p_crystal: float | None
+    hit: str = "no-hit"  # new-hit (first hit here) | hit | no-hit, for the new-hits view
 
     @property
     def css_state(self) -> str:
         return self.state.replace(" ", "-")
+
+    @property
+    def text_fill(self) -> str:
+        return text_colour(self.fill)
 
 
 @dataclass(frozen=True)
@@ -94,9 +106,33 @@ class _DropView:
         )
         return known + others
 
-    @staticmethod
-    def bar_colour(name: str, value: float) -> str:
-        return probability_colour(value) if name == CRYSTAL_CLASS else "#8a8a8a"
+    @property
+    def label_font(self) -> float:
+        return round(self._scale * 0.03, 1)
+
+    def bar_colour(self, name: str, value: float, scale: str) -> str:
+        return scale_colour(value, scale) if name == CRYSTAL_CLASS else "#8a8a8a"
+
+
+@dataclass(frozen=True)
+class _NewHit:
+    """A ranked drop; ``at`` is its course mark at the inspection shown (its first hit)."""
+
+    rank: DropRank
+    position: DropPosition
+    at: CourseMark | None = None
+
+    @property
+    def score(self) -> float:
+        return self.at.score if self.at is not None else self.rank.score
+
+    @property
+    def crystal_count(self) -> int:
+        return self.at.crystal_count if self.at is not None else self.rank.crystal_count
+
+    @property
+    def crystal_area_um2(self) -> float | None:
+        return self.at.crystal_area_um2 if self.at is not None else self.rank.crystal_area_um2
 
 
 @dataclass(frozen=True)
@@ -105,11 +141,49 @@ class _InspectionView:
     cells: dict[int, _Cell]
     drops: list[_DropView]
     summary: str
+    new_hits: list[_NewHit]
 
 
-def _cell(drop: DropReport | None, position: DropPosition) -> _Cell:
+@dataclass(frozen=True)
+class _CourseView:
+    """One drop's time course: a strip of its pictures and a chart of P(crystal) and count."""
+
+    position: DropPosition
+    marks: list[tuple[CourseMark, int]]  # with each mark's containerInspectionId
+    rank: DropRank | None
+    width: float = 240.0
+    height: float = 70.0
+
+    @property
+    def max_count(self) -> int:
+        return max([1, *(mark.crystal_count for mark, _ in self.marks)])
+
+    def x(self, index: int) -> float:
+        if len(self.marks) < 2:
+            return round(self.width / 2, 1)
+        return round(20 + index * (self.width - 40) / (len(self.marks) - 1), 1)
+
+    def y(self, p_crystal: float | None) -> float:
+        return round(self.height - 12 - (p_crystal or 0.0) * (self.height - 24), 1)
+
+    def bar(self, count: int) -> float:
+        return round(count / self.max_count * (self.height - 24), 1)
+
+    @property
+    def polyline(self) -> str:
+        return " ".join(
+            f"{self.x(i)},{self.y(mark.p_crystal)}"
+            for i, (mark, _) in enumerate(self.marks)
+            if mark.p_crystal is not None
+        )
+
+
+def _cell(
+    drop: DropReport | None, position: DropPosition, scale: str, hit: str = "no-hit"
+) -> _Cell:
     if drop is None:
-        return _Cell(None, "empty", drop_fill(None), f"{position.label}: no sample", None)
+        title = f"{position.label}: no sample"
+        return _Cell(None, "empty", drop_fill(None), title, None, "no-sample")
     parts = [f"{position.label} (location {drop.location}): {drop.state}"]
     if drop.p_crystal is not None:
         parts.append(f"P(crystal) {drop.p_crystal:.2f}")
@@ -117,7 +191,11 @@ def _cell(drop: DropReport | None, position: DropPosition) -> _Cell:
         parts.append(drop.failure_reason)
     if drop.targets:
         parts.append(f"{len(drop.targets)} crystal target(s)")
-    return _Cell(drop, drop.state, drop_fill(drop), ", ".join(parts), drop.p_crystal)
+    if hit == "new-hit":
+        parts.append("new crystal hit")
+    elif hit == "hit":
+        parts.append("crystal hit")
+    return _Cell(drop, drop.state, drop_fill(drop, scale), ", ".join(parts), drop.p_crystal, hit)
 
 
 def _summary(inspection: InspectionReport) -> str:
@@ -139,6 +217,13 @@ def _summary(inspection: InspectionReport) -> str:
 def _inspection_view(
     plate: PlateReport, inspection: InspectionReport, schematic: Schematic
 ) -> _InspectionView:
+    inspection_id = inspection.containerInspectionId
+    new = {rank.location for rank in plate.new_hits(inspection_id)}
+    hit_here = {
+        location
+        for location, marks in plate.courses.items()
+        if any(m.containerInspectionId == inspection_id and m.hit for m in marks)
+    }
     by_location: dict[int, DropReport] = {}
     for drop in inspection.drops:
         if drop.location in by_location:
@@ -147,8 +232,19 @@ def _inspection_view(
                 f"{drop.location}"
             )
         by_location[drop.location] = drop
+
+    def hit_class(location: int) -> str:
+        if location in new:
+            return "new-hit"
+        return "hit" if location in hit_here else "no-hit"
+
     cells = {
-        box.position.location: _cell(by_location.get(box.position.location), box.position)
+        box.position.location: _cell(
+            by_location.get(box.position.location),
+            box.position,
+            plate.colour_scale,
+            hit_class(box.position.location),
+        )
         for box in schematic.drop_boxes()
     }
     drops = []
@@ -161,7 +257,40 @@ def _inspection_view(
                 f"(plate {plate.barcode}, {plate.container_type or 'unknown type'})"
             ) from None
         drops.append(_DropView(drop, position, drop.image_width, drop.image_height))
-    return _InspectionView(inspection, cells, drops, _summary(inspection))
+    new_hits = [
+        _NewHit(
+            rank,
+            plate.layout.locate(rank.location),
+            next(
+                (
+                    mark
+                    for mark in plate.courses.get(rank.location, ())
+                    if mark.containerInspectionId == inspection_id
+                ),
+                None,
+            ),
+        )
+        for rank in plate.new_hits(inspection_id)
+        if 1 <= rank.location <= plate.layout.capacity
+    ]
+    return _InspectionView(inspection, cells, drops, _summary(inspection), new_hits)
+
+
+def _course_views(plate: PlateReport) -> list[_CourseView]:
+    ranks = {rank.location: rank for rank in plate.ranking}
+    views = []
+    for location, marks in sorted(plate.courses.items()):
+        if not 1 <= location <= plate.layout.capacity or not marks:
+            continue
+        ordered = sorted(marks, key=lambda mark: mark.number)
+        views.append(
+            _CourseView(
+                plate.layout.locate(location),
+                [(mark, mark.containerInspectionId) for mark in ordered],
+                ranks.get(location),
+            )
+        )
+    return views
 
 
 def _environment() -> jinja2.Environment:
@@ -181,12 +310,22 @@ def render_html(plate: PlateReport) -> str:
     """The whole page as a string. Raises ValueError for a drop the plate layout cannot place."""
     schematic = layout_schematic(plate.layout)
     inspections = [_inspection_view(plate, i, schematic) for i in plate.inspections]
+    ranked = [
+        _NewHit(rank, plate.layout.locate(rank.location))
+        for rank in plate.ranking[:RANKED_SHOWN]
+        if 1 <= rank.location <= plate.layout.capacity
+    ]
+    latest = plate.inspections[-1].containerInspectionId if plate.inspections else None
     template = _environment().get_template("plate.html")
     return template.render(
         plate=plate,
         schematic=schematic,
         inspections=inspections,
-        gradient=gradient_stops(),
+        courses=_course_views(plate),
+        ranked=ranked,
+        ranked_total=len(plate.ranking),
+        latest_inspection=latest,
+        gradient=gradient_stops(scale=plate.colour_scale),
         fills={
             "failed": FAILED_FILL,
             "pending": PENDING_FILL,

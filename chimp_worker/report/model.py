@@ -150,6 +150,7 @@ class TargetMark:
     y: float
     blSubSampleId: int | None = None
     kept: str | None = None  # why re-processing kept it, e.g. "queued by staff"
+    score: float | None = None  # the detector's score of the crystal behind it
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class DropReport:
     image_width: int | None = None
     image_height: int | None = None
     image_uri: str | None = None  # a data: URI of a downscaled JPEG; None when not embedded
+    full_image_url: str | None = None  # where the full-size image can be opened (file:, http:)
 
     @property
     def p_crystal(self) -> float | None:
@@ -225,6 +227,34 @@ class InspectionReport:
 
 
 @dataclass(frozen=True)
+class CourseMark:
+    """One point of a drop's time course: its verdict at one inspection."""
+
+    containerInspectionId: int
+    number: int  # 1-based, time order
+    p_crystal: float | None
+    crystal_count: int
+    score: float
+    hit: bool
+    crystal_area_um2: float | None = None
+
+
+@dataclass(frozen=True)
+class DropRank:
+    """A drop's standing on the plate: hit or not, when it became one, its promise."""
+
+    location: int
+    rank: int  # 1 = most promising
+    promise: float
+    is_hit: bool  # at its latest inspection
+    score: float
+    crystal_count: int
+    crystal_area_um2: float | None
+    first_hit_inspection_id: int | None
+    first_hit_number: int | None
+
+
+@dataclass(frozen=True)
 class PlateReport:
     """Everything the HTML page and the PNG show for one plate."""
 
@@ -236,6 +266,14 @@ class PlateReport:
     generated_at: dt.datetime | None = None
     analysers: tuple[str, ...] = ()  # schema names seen, e.g. ("CHIMP",): never mistake them
     notes: tuple[str, ...] = ()
+    colour_scale: str = "viridis"  # "viridis" (colour-blind safe) or "red-green" (the paper's)
+    courses: Mapping[int, tuple[CourseMark, ...]] = field(default_factory=dict)  # by location
+    ranking: tuple[DropRank, ...] = ()  # every drop with a time course, best first
+    unreadable_pictures: int = 0  # drop pictures that could not be read (named in notes)
+
+    def new_hits(self, inspection_id: int) -> tuple[DropRank, ...]:
+        """The drops that first became hits at this inspection, best first."""
+        return tuple(r for r in self.ranking if r.first_hit_inspection_id == inspection_id)
 
     def inspection(self, inspection_id: int) -> InspectionReport:
         for inspection in self.inspections:

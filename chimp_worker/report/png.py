@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from chimp_worker.report.colours import drop_fill, gradient_stops, hex_to_rgb
+from chimp_worker.report.colours import drop_fill, gradient_stops, hex_to_rgb, text_colour
 from chimp_worker.report.model import InspectionReport, PlateReport
 from chimp_worker.report.schematic import layout_schematic
 
@@ -58,24 +58,22 @@ def render_png(
         for drop_box in well.drops:
             drop = drops.get(drop_box.position.location)
             outline = "#bb0000" if drop is not None and drop.state == "failed" else "#555555"
+            fill = drop_fill(drop, plate.colour_scale)
             draw.rectangle(
-                box(drop_box.rect),
-                fill=drop_fill(drop),
-                outline=outline,
-                width=max(1, round(scale * 0.8)),
+                box(drop_box.rect), fill=fill, outline=outline, width=max(1, round(scale * 0.8))
             )
             if drop is not None and drop.targets:
                 x, y, w, h = box(drop_box.rect)
                 draw.text(
                     ((x + w) / 2, (y + h) / 2),
                     str(len(drop.targets)),
-                    fill="#111111",
+                    fill=text_colour(fill),
                     font=label_font,
                     anchor="mm",
                 )
 
     legend_top = top + schematic.height * scale + 6 * scale
-    stops = gradient_stops(101)
+    stops = gradient_stops(101, plate.colour_scale)
     bar_left, bar_width = 26 * scale, 240 * scale
     for index, (_, colour) in enumerate(stops[:-1]):
         x0 = bar_left + bar_width * index / (len(stops) - 1)

@@ -6,6 +6,30 @@
   var sections = document.querySelectorAll("section.inspection");
   var views = document.querySelectorAll("article.drop-view");
   var hint = document.getElementById("drop-hint");
+  var courses = document.querySelectorAll("section.course");
+
+  // The time-course strips reuse the drop views' embedded pictures: no picture twice in the file.
+  document.querySelectorAll("section.course img[data-from]").forEach(function (img) {
+    var source = document.querySelector("#" + img.dataset.from + " svg.drop-image image");
+    if (source) img.src = source.getAttribute("href");
+  });
+
+  function showCourse(view) {
+    courses.forEach(function (course) {
+      var shown = view !== null && course.dataset.location === view.dataset.location;
+      course.hidden = !shown;
+      course.querySelectorAll(".frame").forEach(function (frame) {
+        frame.classList.toggle(
+          "current", shown && frame.dataset.inspectionId === view.dataset.inspectionId);
+      });
+    });
+  }
+
+  document.querySelectorAll("#view-select input").forEach(function (input) {
+    input.addEventListener("change", function () {
+      document.body.classList.toggle("view-new-hits", input.value === "new-hits" && input.checked);
+    });
+  });
 
   function showInspection(id) {
     sections.forEach(function (section) {
@@ -23,6 +47,7 @@
     var view = currentView();
     if (view && !view.classList.contains("drop-view")) view = null;
     views.forEach(function (article) { article.hidden = article !== view; });
+    showCourse(view);
     if (hint) hint.hidden = view !== null;
     document.querySelectorAll("svg.plate .drop.selected").forEach(function (rect) {
       rect.classList.remove("selected");

@@ -116,7 +116,7 @@ def test_the_migration_adds_the_column_and_backfills_earlier_completions(
         report = schema.upgrade(database_url, "worker")
         assert (report.before["worker"], report.after["worker"]) == (
             "worker_0001",
-            schema.head_revisions()["worker"],
+            schema.head_revisions()["worker"],  # worker_0002 and every revision after it
         )
         with engine.connect() as connection:
             rows = connection.execute(

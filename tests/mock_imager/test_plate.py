@@ -81,6 +81,7 @@ def test_crystals_grow_between_inspections_of_the_same_drop(
         wells=1,
         inspections=3,
         outcomes={1: "crystals", 2: "clear"},
+        onsets={1: 0.0},  # crystals from the first inspection on
         flavour="xchem",
     )
     first_drop = [inspection.images[0].truth for inspection in plate.inspections]

@@ -82,7 +82,7 @@ def least_privilege(facility_url: str) -> Iterator[LeastPrivilegeUser]:
 
 def test_the_readme_grants_only_table_privileges(least_privilege: LeastPrivilegeUser) -> None:
     grants = readme_grants()
-    assert len(grants) == 20
+    assert len(grants) == 24
     admin = mariadb_admin()
     try:
         cursor = admin.cursor()
@@ -95,7 +95,7 @@ def test_the_readme_grants_only_table_privileges(least_privilege: LeastPrivilege
     assert global_grants[0].startswith("GRANT USAGE ON *.*"), "no global privilege"
     table_grants = [g for g in shown if g not in global_grants]
     database = f"`{least_privilege.database}`"
-    assert len(table_grants) == 20
+    assert len(table_grants) == 24
     assert all(f" ON {database}.`" in g for g in table_grants), "table by table, no db.*"
     assert not [g for g in table_grants if "ALL PRIVILEGES" in g and "`chimp_" not in g]
 

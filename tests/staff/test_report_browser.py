@@ -11,10 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.hit_plates import complete, seed_hit_plate
 from helpers.staff import KnownPlate
 
 from chimp_worker.cli import main
-from chimp_worker.report.colours import FAILED_FILL, PENDING_FILL, hex_to_rgb, probability_colour
+from chimp_worker.ispyb.database import make_engine, make_session_factory
+from chimp_worker.report.colours import (
+    FAILED_FILL,
+    PENDING_FILL,
+    hex_to_rgb,
+    probability_colour,
+    viridis_colour,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -94,7 +102,7 @@ def test_report_in_chromium_shows_wells_colours_and_targets(
 
     expected = {1: 0.95, 2: 0.2, 3: 0.5, 4: 0.05}
     for location, p_crystal in expected.items():
-        assert fill(latest, location) == _rgb(probability_colour(p_crystal))
+        assert fill(latest, location) == _rgb(viridis_colour(p_crystal))  # the default scale
     assert fill(latest, 5) == "rgb(255, 255, 255)"  # no sample at A3
 
     # The drop view of A1 drop 1 opened from the URL: its image and three crystal targets.
@@ -138,3 +146,112 @@ def test_report_in_chromium_shows_wells_colours_and_targets(
     assert [name for name in resources if not name.startswith("data:")] == []
     shutil.copy(html, ARTIFACTS / "report-plate.html")
     shutil.copy(png, ARTIFACTS / "report-plate-schematic.png")
+
+
+@pytest.fixture
+def hit_report(
+    ispyb_sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, object]:
+    """The plate of helpers/hit_plates.py with pictures, its three inspections completed."""
+    engine = make_engine(ispyb_sqlite_url)
+    factory = make_session_factory(engine)
+    plate = seed_hit_plate(factory, tmp_path / "images", write_images=True)
+    for inspection_id in plate.inspection_ids:
+        complete(factory, inspection_id)
+    engine.dispose()
+    monkeypatch.setenv("CHIMP_IMAGE_ROOTS", f'["{tmp_path / "images"}"]')
+    html = tmp_path / "hits.html"
+    argv = ["--database-url", ispyb_sqlite_url, "report", "--barcode", "HITS-001"]
+    main([*argv, "--out", str(html)])
+    main([*argv, "--out", str(tmp_path / "red-green.html"), "--colour-scale", "red-green"])
+    return html, plate
+
+
+def test_report_in_chromium_shows_numbered_targets_time_courses_and_new_hits(browser, hit_report):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    html, plate = hit_report
+    first, second, third = plate.inspection_ids
+    browser.get(f"{html.as_uri()}#drop-{third}-1")
+    view = browser.find_element(By.ID, f"drop-{third}-1")
+    assert view.is_displayed()
+
+    # targets numbered on the picture and in the table, with the detector's score
+    labels = view.find_elements(By.CSS_SELECTOR, "g.target text.target-label")
+    assert [label.text for label in labels] == ["1", "2", "3"]
+    assert all(label.is_displayed() for label in labels)
+    rows = view.find_elements(By.CSS_SELECTOR, "table.targets tr")
+    assert rows[0].text.split() == ["#", "x", "y", "detector", "score", "blSubSampleId"]
+    assert [r.find_elements(By.TAG_NAME, "td")[3].text for r in rows[1:]] == ["0.90"] * 3
+    legend = view.find_elements(By.CSS_SELECTOR, "ul.overlay-legend li")
+    assert [item.text.split(",")[0] for item in legend] == [
+        "crystal target",
+        "crystal detection",
+        "drop detection",
+        "dispense point",
+    ]
+    link = view.find_element(By.CSS_SELECTOR, "a.full-image")
+    assert link.get_attribute("href") == plate.image_paths[plate.image_ids[(2, 1)]].as_uri()
+
+    # the drop's time course: three frames whose pictures are the drop views' own
+    course = browser.find_element(By.ID, "course-1")
+    assert course.is_displayed()
+    frames = course.find_elements(By.CSS_SELECTOR, "a.frame")
+    assert [f.get_attribute("data-hit") for f in frames] == ["no", "yes", "yes"]
+    assert [f.find_element(By.CSS_SELECTOR, ".caption").text.split("\n") for f in frames] == [
+        ["#1", "P 0.20 · 0"],
+        ["#2 ✓", "P 0.60 · 1"],
+        ["#3 ✓", "P 0.95 · 3"],
+    ]
+    assert "current" in frames[2].get_attribute("class")
+    for frame, inspection_id in zip(frames, (first, second, third), strict=True):
+        source = browser.find_element(
+            By.CSS_SELECTOR, f"#drop-{inspection_id}-1 svg.drop-image image"
+        ).get_attribute("href")
+        img = frame.find_element(By.TAG_NAME, "img")
+        assert img.get_attribute("src") == source
+        assert browser.execute_script("return arguments[0].naturalWidth", img) > 0
+    points = course.find_elements(By.CSS_SELECTOR, "circle.p-point")
+    assert [("hit" in p.get_attribute("class")) for p in points] == [False, True, True]
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "report-hits-drop.png"))
+
+    # the new-hits view of the second inspection: A1.1 is new there (orange), A1.2 was a hit
+    # at the first and is not one now (grey); the list names A1.1
+    def fill(inspection: int, location: int) -> str:
+        rect = browser.find_element(
+            By.CSS_SELECTOR, f"#inspection-{inspection} rect.drop[data-location='{location}']"
+        )
+        return browser.execute_script("return getComputedStyle(arguments[0]).fill", rect)
+
+    Select(browser.find_element(By.ID, "inspection-select")).select_by_value(str(second))
+    WebDriverWait(browser, 10).until(
+        lambda _: browser.find_element(By.ID, f"inspection-{second}").is_displayed()
+    )
+    assert fill(second, 1) == _rgb(viridis_colour(0.6))
+    browser.find_element(By.CSS_SELECTOR, "#view-select input[value='new-hits']").click()
+    assert fill(second, 1) == "rgb(230, 97, 0)"
+    assert fill(second, 2) == "rgb(228, 228, 228)"
+    assert fill(third, 2) == "rgb(107, 174, 214)"  # a hit again at the third, not new
+    new_hits = browser.find_element(By.CSS_SELECTOR, f"#inspection-{second} .new-hits")
+    assert new_hits.find_element(By.TAG_NAME, "h3").text == "New hits at this inspection: 1"
+    assert new_hits.find_element(By.CSS_SELECTOR, "table.hits a").text == "A1.1"
+    cells = new_hits.find_elements(By.CSS_SELECTOR, "table.hits tr")[1].find_elements(
+        By.TAG_NAME, "td"
+    )
+    assert [cell.text for cell in cells] == ["2", "A1.1", "0.75", "1", "1200"]  # at its first hit
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.save_screenshot(str(ARTIFACTS / "report-hits-new-hits-view.png"))
+
+    ranked = browser.find_elements(By.CSS_SELECTOR, "#ranked table.hits tr")[1:]
+    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in ranked] == [
+        "A1.2",
+        "A1.1",
+        "A2.2",
+        "A2.1",
+    ]
+
+    # the paper's red-green scale on request
+    browser.get((html.parent / "red-green.html").as_uri())
+    assert fill(third, 1) == _rgb(probability_colour(0.95))
