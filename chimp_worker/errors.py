@@ -17,6 +17,9 @@ class ChimpError(Exception):
 
     reason: str = "error"
     exit_status: int = 1  # a runtime failure; configuration and usage errors say 2
+    # The command line prints only the first line of the message (cause and fix) unless the
+    # lines after it are what the user must act on, e.g. SQL to hand to ISPyB's administrators.
+    print_whole_message: bool = False
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
@@ -131,6 +134,13 @@ class DatabaseAccessError(ConfigError):
     reason = "database_access"
 
 
+class MissingGrantError(DatabaseAccessError):
+    """The worker may not read a table it must consult; the GRANT statements follow."""
+
+    reason = "database_grant_missing"
+    print_whole_message = True
+
+
 class DatabaseError(ChimpError):
     """A database error no retry is known to fix (a revoked grant, a missing column, a trigger
     refusing a write, a bug): neither the input's fault nor an outage. The message is
@@ -158,6 +168,7 @@ class ScoreSchemaError(ConfigError):
     ISPyB; the message carries the SQL to hand to the ISPyB administrators."""
 
     reason = "score_schema"
+    print_whole_message = True  # the INSERT statements follow the first line
 
 
 class DatabaseRefusedError(PermanentError):

@@ -40,7 +40,8 @@ class Failure:
 
 
 def failure(error: BaseException) -> Failure:
-    """One line naming the cause (and, where the error knows it, the fix) and an exit status.
+    """One line naming the cause (and, where the error knows it, the fix) and an exit status;
+    an error whose following lines are instructions (``print_whole_message``) keeps them.
 
     Foreign errors are translated by the module that owns them (``ispyb.database`` for
     SQLAlchemy and the drivers, ``broker`` for pika); an error nobody expected is a bug: one
@@ -56,10 +57,11 @@ def failure(error: BaseException) -> Failure:
             "(run the command again with --debug for the traceback, and report it)",
             "unexpected_error",
         )
+    text = str(known).strip() if known.print_whole_message else _first_line(known)
     if type(known) is ConfigError:
-        message = f"chimp-worker: configuration error: {_first_line(known)}"
+        message = f"chimp-worker: configuration error: {text}"
     else:
-        message = f"chimp-worker: {known.reason}: {_first_line(known)}"
+        message = f"chimp-worker: {known.reason}: {text}"
     return Failure(known.exit_status, message, known.reason)
 
 

@@ -28,6 +28,7 @@ from chimp_worker.errors import (
     DatabaseRefusedError,
     DatabaseSchemaError,
     DatabaseUnavailableError,
+    MissingGrantError,
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -326,7 +327,7 @@ def _check_ispyb_lookups(engine: Engine, score_schema: str, analyser: str | None
     references = reference_tables(engine)
     if not references.complete:
         names = ", ".join(reference.table for reference in references.denied)
-        raise DatabaseAccessError(
+        raise MissingGrantError(
             f"database_url: the worker may not read {names} (pointing at auto sub-samples); "
             "without that it cannot tell a queued or collected point from a free one. Ask the "
             "ISPyB administrators for:\n"

@@ -180,7 +180,7 @@ def test_worker_0003_backfills_the_rows_earlier_versions_wrote(database_url: str
     from chimp_worker.ispyb.worker_tables import ChimpIspybRow
     from chimp_worker.ispyb.writer import write_image_result
 
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, create=True)
     try:
         with engine.begin() as connection:
             command.upgrade(schema.alembic_config("core", connection), "head")
