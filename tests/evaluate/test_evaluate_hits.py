@@ -17,6 +17,7 @@ from chimp_worker.evaluate.metrics import BINARY_CLASSES, classification_metrics
 from chimp_worker.evaluate.mock_dataset import export_mock_dataset
 from chimp_worker.hits import HitThresholds, ImageEvidence
 from chimp_worker.hits.choose import Labelled, choose_thresholds, rule_metrics
+from chimp_worker.ispyb.schema import create_all
 from chimp_worker.pipeline import Pipeline
 
 
@@ -116,11 +117,13 @@ def test_cli_chooses_thresholds_the_worker_then_reads(
     written = json.loads(chosen.read_text())
     assert written["analysers"]["baseline"] == data["thresholds"]
     assert written["chosen"]["baseline"]["validation_images"] == 12
+    database_url = f"sqlite:///{tmp_path / 'worker.sqlite'}"
+    create_all(database_url)
     settings = load_settings(
         analyser="baseline",
         hit_thresholds_file=chosen,
         image_roots=[tmp_path],
-        database_url=f"sqlite:///{tmp_path / 'worker.sqlite'}",
+        database_url=database_url,
     )
     pipeline = Pipeline.from_settings(settings)
     try:

@@ -292,6 +292,8 @@ def test_the_same_event_twice_to_two_workers_at_once_completes_the_plate_exactly
     )
     assert [len(w.events("inspection_planned")) for w in pair] == [1, 1], "one event each"
     wait_until(lambda: world.queue_counts()[world.work_queue] == 0, 30, "the work to drain")
+    # The completer writes the drops' time course after the completion commit, then announces.
+    wait_until(world.announced, 30, "results-ready to be announced")
     first = snapshot(world.factory)
     world.check(analyser)
 

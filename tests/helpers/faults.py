@@ -458,6 +458,12 @@ class FaultWorld:
             row = session.get(ChimpInspection, self.inspection_id)
             return None if row is None else row.state
 
+    def announced(self) -> bool:
+        """Results-ready confirmed by the broker (the time course is written before that)."""
+        with self.factory() as session:
+            row = session.get(ChimpInspection, self.inspection_id)
+            return row is not None and row.resultsPublishedAt is not None
+
     def settled_images(self) -> int:
         """Images with a done or failed result."""
         with self.factory() as session:
