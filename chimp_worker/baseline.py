@@ -47,6 +47,7 @@ from chimp_worker.analysis import (
     DispenseStatus,
     ImageAnalysis,
     ModelRef,
+    TargetRule,
 )
 from chimp_worker.config import Settings
 from chimp_worker.geometry import dispense_point, mask_centroid
@@ -103,6 +104,9 @@ class BaselineAnalyser:
 
     name = ANALYSER_NAME
     schema_name = BASELINE_SCHEMA
+    # Its masks are made at the original size, so its targets follow the original rule
+    # whatever ``target_rule`` is set to (that setting is about the CHiMP detectors).
+    target_rule: str = str(TargetRule.ORIGINAL)
 
     def __init__(self, settings: Settings) -> None:
         self.score_threshold = settings.score_threshold
@@ -154,6 +158,7 @@ class BaselineAnalyser:
                 "model": (geometry_started - started) * 1000,
                 "geometry": (finished - geometry_started) * 1000,
             },
+            target_rule=self.target_rule,
         )
 
 

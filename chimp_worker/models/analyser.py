@@ -25,9 +25,10 @@ from chimp_worker.analysis import (
     DispensePoint,
     ImageAnalysis,
     ModelRef,
+    TargetRule,
 )
 from chimp_worker.errors import ConfigError
-from chimp_worker.geometry import dispense_point
+from chimp_worker.geometry import dispense_point, published_dispense_point
 from chimp_worker.log import get_logger
 from chimp_worker.models.classifier import LoadedClassifier, load_classifier
 from chimp_worker.models.detector import (
@@ -69,6 +70,9 @@ class AnalysisOptions:
     mask_threshold: float = 0.5
     clahe_clip_limit: float = 2.0
     dispense_margin_px: float = 0.0
+    # How targets and the dispense point are computed (analysis.TargetRule): the published
+    # arithmetic at the detector's input size unless a facility chooses the original size.
+    target_rule: TargetRule = TargetRule.PUBLISHED
     batch_size: int = 4
     precision: Precision = "fp32"
     # None: apply score_threshold inside the model (fast, same results). The benchmark's
@@ -95,6 +99,7 @@ class AnalysisOptions:
             mask_threshold=settings.mask_threshold,
             clahe_clip_limit=settings.clahe_clip_limit,
             dispense_margin_px=settings.dispense_margin_px,
+            target_rule=TargetRule(settings.target_rule),
             batch_size=settings.batch_size,
             precision=settings.precision,
         )
@@ -204,6 +209,7 @@ class ChimpAnalyser:
             for role, detector in self.detectors.items()
         )
         self.models: tuple[ModelRef, ...] = tuple(refs)
+        self.target_rule: str = str(self.options.target_rule)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChimpAnalyser:
@@ -332,15 +338,7 @@ class ChimpAnalyser:
                 for i, output in zip(group, outputs, strict=True):
                     timings[i][role] = share
                     start = time.perf_counter()
-                    detections[i][role] = detections_from_output(
-                        output,
-                        original_height=batch[i].image.height,
-                        original_width=batch[i].image.width,
-                        labels=detector.labels,
-                        score_threshold=self.options.score_threshold,
-                        mask_threshold=self.options.mask_threshold,
-                        model_role=role,
-                    )
+                    detections[i][role] = self.postprocess(role, output, batch[i].image)
                     timings[i][f"{role}_postprocess"] = _elapsed_ms(start)
                 del outputs  # free the pasted masks before the next image
 
@@ -351,14 +349,38 @@ class ChimpAnalyser:
             )
         ]
 
-    def _assemble(
+    def postprocess(
         self,
-        item: PreparedImage,
-        probabilities: dict[str, float] | None,
+        role: str,
+        output: dict[str, torch.Tensor],
+        image: DecodedImage,
+        rule: TargetRule | None = None,
+    ) -> list[Detection]:
+        """One image's detections from one detector's raw output, by ``rule`` (default: the
+        configured one)."""
+        return detections_from_output(
+            output,
+            original_height=image.height,
+            original_width=image.width,
+            labels=self.detectors[role].labels,
+            score_threshold=self.options.score_threshold,
+            mask_threshold=self.options.mask_threshold,
+            model_role=role,
+            target_rule=rule or self.options.target_rule,
+        )
+
+    def targets(
+        self,
         found: dict[str, list[Detection]],
-        timings: dict[str, float],
-    ) -> ImageAnalysis:
-        start = time.perf_counter()
+        image: DecodedImage,
+        rule: TargetRule | None = None,
+    ) -> tuple[list[Detection], list[CrystalTarget], DispensePoint | None]:
+        """(all detections, crystal targets, dispense point) of one image by ``rule``.
+
+        Crystal targets are the crystal-role detector's centroids (computed by the same rule
+        in ``postprocess``); the dispense point needs the XChem detector's drops.
+        """
+        rule = rule or self.options.target_rule
         detections: list[Detection] = []
         targets: list[CrystalTarget] = []
         for role, role_detections in found.items():
@@ -373,14 +395,36 @@ class ChimpAnalyser:
         dispense: DispensePoint | None = None
         if "xchem_detector" in found:
             xchem = found["xchem_detector"]
-            drops = [d for d in xchem if d.label == "drop" and d.mask is not None]
-            crystals = [d for d in xchem if d.label == "crystal" and d.mask is not None]
-            dispense = dispense_point(
-                [d.mask for d in drops],  # type: ignore[misc]
-                [d.score for d in drops],
-                [d.mask for d in crystals],  # type: ignore[misc]
-                margin_px=self.options.dispense_margin_px,
-            )
+            drops = [d for d in xchem if d.label == "drop"]
+            crystals = [d for d in xchem if d.label == "crystal"]
+            margin = self.options.dispense_margin_px
+            if rule == TargetRule.PUBLISHED:
+                dispense = published_dispense_point(
+                    [d.model_mask for d in drops if d.model_mask is not None],
+                    [d.score for d in drops if d.model_mask is not None],
+                    [d.model_mask for d in crystals if d.model_mask is not None],
+                    image.height,
+                    image.width,
+                    margin_px=margin,
+                )
+            else:
+                dispense = dispense_point(
+                    [d.mask for d in drops if d.mask is not None],
+                    [d.score for d in drops if d.mask is not None],
+                    [d.mask for d in crystals if d.mask is not None],
+                    margin_px=margin,
+                )
+        return detections, targets, dispense
+
+    def _assemble(
+        self,
+        item: PreparedImage,
+        probabilities: dict[str, float] | None,
+        found: dict[str, list[Detection]],
+        timings: dict[str, float],
+    ) -> ImageAnalysis:
+        start = time.perf_counter()
+        detections, targets, dispense = self.targets(found, item.image)
         timings["geometry"] = _elapsed_ms(start)
         return ImageAnalysis(
             analyser=self.name,
@@ -393,4 +437,5 @@ class ChimpAnalyser:
             crystal_targets=tuple(targets),
             dispense=dispense,
             timings_ms=timings,
+            target_rule=self.target_rule,
         )
