@@ -175,6 +175,7 @@ class _Recorder:
         self.name = self.inner.name
         self.schema_name = self.inner.schema_name
         self.models = self.inner.models
+        self.target_rule = self.inner.target_rule
 
     def analyse(self, images: Sequence[DecodedImage]) -> list[ImageAnalysis]:
         found = self.inner.analyse(images)
