@@ -238,8 +238,38 @@ def report_lines(
                 f"interleaved pipelines, same {entry['images']} images batch by batch: {parts}"
                 + _paired_ratios(seconds)
             )
+            lines += _interleaved_stages(entry.get("stages_ms", {}))
+        for name in present:
+            by_rule = by[(flavour, name)].get("postprocess_by_rule_ms")
+            if by_rule:
+                parts = ", ".join(f"{rule} rule {ms:.0f} ms" for rule, ms in by_rule.items())
+                lines.append(
+                    f"{name}: post-processing and geometry per image by target rule, on the same "
+                    f"detector outputs, rules alternated: {parts}"
+                )
         lines.append("")
     lines += _targets(by, interleaved, flavours)
+    return lines
+
+
+def _interleaved_stages(stages: dict[str, dict[str, float]]) -> list[str]:
+    """Per-image medians of the interleaved pipelines' stages: the steadiest classifier and
+    detector comparison a shared machine gives."""
+    reference = stages.get("reference")
+    lines = []
+    for stage in ("classifier", "detector", "postprocess"):
+        parts = [f"{name} {values[stage]:.0f} ms" for name, values in stages.items()]
+        if not parts:
+            continue
+        text = f"  interleaved {stage} ms/image: {', '.join(parts)}"
+        if reference and reference.get(stage):
+            ratios = [
+                f"{name} {reference[stage] / values[stage]:.2f}x"
+                for name, values in stages.items()
+                if name != "reference" and values.get(stage)
+            ]
+            text += f" -> {', '.join(ratios)}" if ratios else ""
+        lines.append(text)
     return lines
 
 
