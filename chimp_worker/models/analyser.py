@@ -304,6 +304,15 @@ class ChimpAnalyser:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def classify(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """Softmax probabilities (N, classes), on the CPU, of prepared classifier inputs."""
+        assert self.classifier is not None
+        tensor = torch.from_numpy(np.stack(arrays)).to(self.device)
+        if self.options.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return self.classifier.probabilities(tensor).cpu()
+
     def _analyse_batch(self, batch: Sequence[PreparedImage]) -> list[ImageAnalysis]:
         count = len(batch)
         timings = [dict(item.timings_ms) for item in batch]
@@ -321,12 +330,7 @@ class ChimpAnalyser:
         if self.classifier is not None:
             for group in _chunks(range(count), step):
                 start = time.perf_counter()
-                arrays = [batch[i].classifier_input for i in group]
-                tensor = torch.from_numpy(np.stack(arrays)).to(self.device)  # type: ignore[arg-type]
-                if self.options.channels_last:
-                    tensor = tensor.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
-                    rows = self.classifier.probabilities(tensor).cpu()
+                rows = self.classify([batch[i].classifier_input for i in group])  # type: ignore[misc]
                 share = _elapsed_ms(start) / len(group)
                 for i, row in zip(group, rows, strict=True):
                     probabilities[i] = self.classifier.as_mapping(row)

@@ -462,6 +462,11 @@ def measure_paired(
     for configuration, pipeline in pipelines.items():
         pipeline.close()
         plate.database.with_name(f"paired-{configuration}.sqlite").unlink(missing_ok=True)
+    decoded = [
+        pipelines[configurations[0]].image_source.fetch(_image_paths(plate)[image_id], image_id)
+        for image_id in ids
+    ]
+    classifier_ab = _classifier_ab({name: r.inner for name, r in recorders.items()}, decoded)
     stages = {
         configuration: {
             "classifier": _stage(recorder.timings, "classifier"),
@@ -470,7 +475,47 @@ def measure_paired(
         }
         for configuration, recorder in recorders.items()
     }
-    return {"flavour": flavour, "images": len(ids), "seconds": seconds, "stages_ms": stages}
+    return {
+        "flavour": flavour,
+        "images": len(ids),
+        "seconds": seconds,
+        "stages_ms": stages,
+        "classifier_ab": classifier_ab,
+    }
+
+
+def _classifier_ab(
+    analysers: dict[str, Any], images: Sequence[DecodedImage], rounds: int = 3
+) -> dict[str, Any]:
+    """Classifier milliseconds per image of each configuration, calls interleaved: every image,
+    ``rounds`` times, each configuration once per turn, the order alternating so neither is
+    always first after the other's cache footprint. Same preprocessed inputs for all.
+
+    Per configuration: every call's milliseconds. ``ratios``: reference / other per turn, whose
+    spread says how noisy the machine was.
+    """
+    import torch
+
+    names = list(analysers)
+    inputs = [analysers[names[0]].prepare(image).classifier_input for image in images]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for name in names:  # warm-up, not counted
+            analysers[name].classify(inputs[:1])
+        for turn in range(rounds * len(inputs)):
+            array = inputs[turn % len(inputs)]
+            for name in names if turn % 2 == 0 else names[::-1]:
+                started = time.perf_counter()
+                analysers[name].classify([array])
+                times[name].append((time.perf_counter() - started) * 1000)
+    ratios = {}
+    if "reference" in times:
+        ratios = {
+            name: [a / b for a, b in zip(times["reference"], values, strict=True)]
+            for name, values in times.items()
+            if name != "reference"
+        }
+    return {"ms": times, "ratios": ratios}
 
 
 def _image_paths(plate: BenchPlate) -> dict[int, str]:

@@ -6,6 +6,7 @@ import datetime as dt
 import math
 import os
 import platform
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -239,6 +240,7 @@ def report_lines(
                 + _paired_ratios(seconds)
             )
             lines += _interleaved_stages(entry.get("stages_ms", {}))
+            lines += _classifier_ab_lines(entry.get("classifier_ab"))
         for name in present:
             by_rule = by[(flavour, name)].get("postprocess_by_rule_ms")
             if by_rule:
@@ -270,6 +272,35 @@ def _interleaved_stages(stages: dict[str, dict[str, float]]) -> list[str]:
             ]
             text += f" -> {', '.join(ratios)}" if ratios else ""
         lines.append(text)
+    return lines
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(10th percentile, median, 90th percentile)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0], ordered[0], ordered[0]
+    deciles = statistics.quantiles(ordered, n=10, method="inclusive")
+    return deciles[0], statistics.median(ordered), deciles[-1]
+
+
+def _classifier_ab_lines(ab: dict[str, Any] | None) -> list[str]:
+    """The classifier A/B: each configuration's calls and the per-turn speed-up, with their
+    10-90 % ranges (the machine's noise)."""
+    if not ab or not ab.get("ms"):
+        return []
+    parts = []
+    for name, values in ab["ms"].items():
+        low, middle, high = _spread(values)
+        parts.append(f"{name} {middle:.0f} ms ({low:.0f}-{high:.0f})")
+    calls = len(next(iter(ab["ms"].values())))
+    lines = [f"  classifier A/B, {calls} calls each interleaved: {', '.join(parts)}"]
+    for name, ratios in ab.get("ratios", {}).items():
+        low, middle, high = _spread(ratios)
+        lines.append(
+            f"  classifier A/B speed-up of {name} per turn: median {middle:.2f}x "
+            f"(10-90 %: {low:.2f}x-{high:.2f}x)"
+        )
     return lines
 
 
