@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from chimp_worker.analysis import CLASS_NAMES, DispenseStatus
+from chimp_worker.analysis import CLASS_NAMES, DispenseStatus, MaskCrop
 from chimp_worker.cli import main
-from chimp_worker.geometry import dispense_point, mask_centroid
+from chimp_worker.geometry import published_centroid, published_dispense_point
 from chimp_worker.mock_imager.synthetic import render_micrograph
 from chimp_worker.models import file_sha256
 
@@ -94,22 +94,33 @@ def test_analyse_prints_writes_json_and_overlays_and_reports_a_bad_file(
         assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert entry["top_class"] == max(entry["probabilities"], key=entry["probabilities"].get)
 
-    # The full result: masks decode to what the centroids and the dispense point came from.
+    # The full result: masks decode to what the centroids and the dispense point came from,
+    # the model-input masks by the published rule (the default).
+    assert png["target_rule"] == "published"
     masks = [mask_utils.decode(d["mask_rle"]).astype(bool) for d in png["detections"]]
-    for detection, mask in zip(png["detections"], masks, strict=True):
+    model_masks = [
+        MaskCrop.from_full(mask_utils.decode(d["model_mask_rle"]).astype(bool))
+        for d in png["detections"]
+    ]
+    for detection, mask, model_mask in zip(png["detections"], masks, model_masks, strict=True):
         assert mask.shape == (256, 320)
+        assert model_mask.frame == (1352, 1688)
         assert int(mask.sum()) == detection["mask_area"]
-        centroid = mask_centroid(mask)
+        centroid = published_centroid(model_mask, 256, 320)
         assert detection["centroid_xy"] == (list(centroid) if centroid else None)
     drops = [
         (m, d["score"])
-        for m, d in zip(masks, png["detections"], strict=True)
+        for m, d in zip(model_masks, png["detections"], strict=True)
         if d["label"] == "drop"
     ]
-    crystals = [m for m, d in zip(masks, png["detections"], strict=True) if d["label"] == "crystal"]
+    crystals = [
+        m for m, d in zip(model_masks, png["detections"], strict=True) if d["label"] == "crystal"
+    ]
     assert drops
     assert crystals
-    expected = dispense_point([m for m, _ in drops], [s for _, s in drops], crystals)
+    expected = published_dispense_point(
+        [m for m, _ in drops], [s for _, s in drops], crystals, 256, 320
+    )
     assert png["dispense"]["status"] == expected.status.value
     assert (png["dispense"]["x"], png["dispense"]["y"]) == (expected.x, expected.y)
     # Without a VMXi detector the XChem detector's crystals are the targets.
