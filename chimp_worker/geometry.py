@@ -186,12 +186,14 @@ def _to_original(
 def _centre_of_mass(mask: MaskCrop) -> tuple[float, float] | None:
     """(row, col) of the whole-frame mask, as ``ndimage.center_of_mass`` gives it on the full
     frame: the sums of whole pixel indices are exact integers, divided once."""
-    rows, cols = np.nonzero(mask.values)
-    count = int(rows.size)
+    height, width = mask.values.shape
+    row_counts = np.count_nonzero(mask.values, axis=1)
+    count = int(row_counts.sum())
     if count == 0:
         return None
-    row_sum = int(rows.sum(dtype=np.int64)) + mask.top * count
-    col_sum = int(cols.sum(dtype=np.int64)) + mask.left * count
+    col_counts = np.count_nonzero(mask.values, axis=0)
+    row_sum = int(row_counts @ np.arange(height, dtype=np.int64)) + mask.top * count
+    col_sum = int(col_counts @ np.arange(width, dtype=np.int64)) + mask.left * count
     return row_sum / count, col_sum / count
 
 

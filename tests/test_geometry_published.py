@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from chimp_worker.analysis import DispenseStatus, MaskCrop
 from chimp_worker.geometry import (
@@ -93,6 +94,24 @@ def test_a_crop_gives_the_centre_of_its_whole_frame_mask() -> None:
     # Whole frame by hand: rows 2*4 + 3*6 + 4*2 = 34 / 12 = 2.83 -> 3 -> 4.5 -> 4;
     # cols (3+5+6+8) + (3+...+8) + (5+6) = 22 + 33 + 11 = 66 / 12 = 5.5 -> 6 -> 12.
     assert published_centroid(cropped, ORIGINAL_HEIGHT, ORIGINAL_WIDTH) == (12, 4)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_centre_is_scipys_centre_of_mass_of_the_whole_frame(seed: int) -> None:
+    """What the published tool computes, literally: ndimage.center_of_mass on the full
+    1352 x 1688 mask, numpy rint, times the scale, rint (VMXi and XChem sizes)."""
+    rng = np.random.default_rng(seed)
+    frame = (1352, 1688)
+    mask = np.zeros(frame, dtype=bool)
+    top, left = int(rng.integers(0, 1300)), int(rng.integers(0, 1600))
+    mask[top : top + 40, left : left + 60] = rng.random((40, 60)) < 0.6
+    row, col = ndimage.center_of_mass(mask)
+    for height, width in ((2028, 2532), (1024, 1224)):
+        expected = (
+            int(np.rint(np.rint(col) * (width / 1688))),
+            int(np.rint(np.rint(row) * (height / 1352))),
+        )
+        assert published_centroid(MaskCrop.from_full(mask), height, width) == expected
 
 
 def test_a_crop_that_leaves_its_frame_is_refused() -> None:
@@ -196,6 +215,34 @@ def test_the_windowed_transform_gives_the_whole_frame_answer(seed: int) -> None:
     assert point.status is DispenseStatus.OK
     assert (point.x, point.y) == (col * 2, row * 2)
     assert point.clearance_px == pytest.approx(distance * 2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_point_is_the_published_tools_on_the_whole_model_frame(seed: int) -> None:
+    """Literally the published steps at the real size: the full 1352 x 1688 drop minus the
+    crystals, scipy's exact EDT of the whole frame, numpy argmax, rint, scale, rint."""
+    rng = np.random.default_rng(seed)
+    frame = (1352, 1688)
+    yy, xx = np.ogrid[0 : frame[0], 0 : frame[1]]
+    cy, cx = rng.uniform(300, 1050), rng.uniform(300, 1400)
+    drop = (yy - cy) ** 2 / rng.uniform(200, 400) ** 2 + (xx - cx) ** 2 / rng.uniform(
+        200, 400
+    ) ** 2 <= 1
+    crystals = []
+    for _ in range(3):
+        crystal = np.zeros(frame, dtype=bool)
+        y0, x0 = int(cy + rng.uniform(-150, 150)), int(cx + rng.uniform(-150, 150))
+        crystal[y0 : y0 + 50, x0 : x0 + 30] = True
+        crystals.append(crystal)
+    free = drop & ~np.logical_or.reduce(crystals)
+    distances = ndimage.distance_transform_edt(free)
+    row, col = np.unravel_index(np.argmax(distances), frame)
+    expected = (int(np.rint(col * (1224 / 1688))), int(np.rint(row * (1024 / 1352))))
+    point = published_dispense_point(
+        [MaskCrop.from_full(drop)], [0.9], [MaskCrop.from_full(c) for c in crystals], 1024, 1224
+    )
+    assert (point.x, point.y) == expected
+    assert point.clearance_px == pytest.approx(distances[row, col] * (1224 / 1688))
 
 
 def test_the_highest_scoring_drop_is_used_and_every_drop_counted() -> None:
