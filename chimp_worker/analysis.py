@@ -3,8 +3,9 @@ the result writer. Plain frozen dataclasses; no torch, no SQL.
 
 Coordinates are (x, y) pixels of the *original* image, origin at the top-left corner, x to the
 right, y down -- the convention of ISPyB and SynchWeb. Boxes are (x0, y0, x1, y1) in the same
-pixels. Masks are boolean arrays of shape (height, width) of the original image; a detector's
-mask at its own input size travels as a ``MaskCrop`` (only the part around the object).
+pixels. A detection's mask travels as a ``MaskCrop``: only the rectangle around the object,
+placed in its frame (the original image, or the detector's input for ``model_mask``); ``full()``
+gives the whole-frame boolean array to a consumer that needs one.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class Detection:
     label: str  # "crystal" or "drop"
     score: float
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in original pixels
-    mask: np.ndarray | None  # bool (H, W) of the original image; None once persisted
+    mask: MaskCrop | None  # at the original image's size; None once persisted
     mask_area: int  # pixels of the original image
     centroid: tuple[int, int] | None  # the crystal target (x, y) by the result's TargetRule
     model_role: str | None = None  # the ModelRef.role that found it, e.g. "xchem_detector"

@@ -421,9 +421,9 @@ class ChimpAnalyser:
                 )
             else:
                 dispense = dispense_point(
-                    [d.mask for d in drops if d.mask is not None],
+                    [d.mask.full() for d in drops if d.mask is not None],
                     [d.score for d in drops if d.mask is not None],
-                    [d.mask for d in crystals if d.mask is not None],
+                    [d.mask.full() for d in crystals if d.mask is not None],
                     margin_px=margin,
                 )
         return detections, targets, dispense

@@ -256,7 +256,8 @@ def detections_from_output(
     Each kept mask is thresholded at > mask_threshold twice: at the model-input size, as the
     published tools do (``Detection.model_mask``, a crop around the box), and resized
     (bilinear, half-pixel centres, only around its box: ``masks.py``) to the original size
-    (``Detection.mask``, for overlays, evaluation and the mask area). The centroid follows
+    (``Detection.mask``, for overlays, evaluation and the mask area). Both are crops around
+    the box: no whole-frame array per detection. The centroid follows
     ``target_rule``: ``published`` from the model-input mask (``geometry.published_centroid``),
     ``original`` from the resized one (``geometry.mask_centroid``).
     """
@@ -289,8 +290,7 @@ def detections_from_output(
         crop, (top, left) = resize_region_to_mask(
             values, origin, height, width, original_height, original_width, mask_threshold
         )
-        mask = np.zeros((original_height, original_width), dtype=bool)
-        mask[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+        mask = MaskCrop(crop, top, left, (original_height, original_width))
         if target_rule == TargetRule.PUBLISHED:
             centroid = published_centroid(model_mask, original_height, original_width)
         else:

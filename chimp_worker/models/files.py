@@ -88,7 +88,7 @@ def analysis_as_dict(analysis: ImageAnalysis, *, include_masks: bool = True) -> 
             "centroid_xy": list(detection.centroid) if detection.centroid else None,
         }
         if include_masks and detection.mask is not None:
-            item["mask_rle"] = _mask_rle(detection.mask)
+            item["mask_rle"] = _mask_rle(detection.mask.full())
         if include_masks and detection.model_mask is not None:
             # Where the published rule computes targets: the detector's 1352 x 1688 input.
             item["model_mask_rle"] = _mask_rle(detection.model_mask.full())

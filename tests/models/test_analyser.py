@@ -129,9 +129,9 @@ def test_detections_are_in_original_pixels_with_consistent_masks(
             assert 0 <= x0 <= x1 <= width
             assert 0 <= y0 <= y1 <= height
             assert detection.mask is not None
-            assert detection.mask.shape == (height, width)
-            assert detection.mask.dtype == bool
-            assert detection.mask_area == int(detection.mask.sum())
+            assert detection.mask.frame == (height, width)
+            assert detection.mask.values.dtype == bool
+            assert detection.mask_area == int(detection.mask.full().sum())
             assert detection.model_mask is not None
             assert detection.model_mask.frame == (1352, 1688)
             # The default rule: targets from the mask at the model's input size.
@@ -194,19 +194,21 @@ def test_the_original_rule_computes_on_the_resized_masks(
     published = by_role(results[0], "xchem_detector")
     assert [d.box for d in result.detections] == [d.box for d in published]
     for detection in result.detections:
-        assert detection.centroid == mask_centroid(detection.mask)  # type: ignore[arg-type]
+        assert detection.centroid == mask_centroid(detection.mask.full())  # type: ignore[union-attr]
     drops = [d for d in result.detections if d.label == "drop"]
     crystals = [d for d in result.detections if d.label == "crystal"]
     expected = dispense_point(
-        [d.mask for d in drops], [d.score for d in drops], [c.mask for c in crystals]
+        [d.mask.full() for d in drops],  # type: ignore[union-attr]
+        [d.score for d in drops],
+        [c.mask.full() for c in crystals],  # type: ignore[union-attr]
     )
     assert result.dispense == expected
     assert result.dispense is not None
     if result.dispense.status is DispenseStatus.OK:
         best = max(drops, key=lambda d: d.score)
-        assert best.mask[result.dispense.y, result.dispense.x]  # type: ignore[index]
+        assert best.mask.full()[result.dispense.y, result.dispense.x]  # type: ignore[union-attr]
         for crystal in crystals:
-            assert not crystal.mask[result.dispense.y, result.dispense.x]  # type: ignore[index]
+            assert not crystal.mask.full()[result.dispense.y, result.dispense.x]  # type: ignore[union-attr]
 
 
 def test_every_stage_is_timed(results: list[ImageAnalysis]) -> None:
@@ -255,7 +257,7 @@ def test_the_published_threshold_path_gives_identical_detections(
     assert [d.score for d in slow] == [d.score for d in fast.detections]
     assert [d.box for d in slow] == [d.box for d in fast.detections]
     assert all(
-        np.array_equal(a.mask, b.mask)  # type: ignore[arg-type]
+        np.array_equal(a.mask.full(), b.mask.full())  # type: ignore[union-attr]
         for a, b in zip(slow, fast.detections, strict=True)
     )
     assert fast.dispense == reference.dispense

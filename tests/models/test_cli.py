@@ -226,9 +226,23 @@ def test_overlay_draws_masks_boxes_targets_and_the_dispense_dot() -> None:
         height=height,
         detections=(
             Detection(
-                "drop", 0.9, (30, 20, 169, 99), drop, int(drop.sum()), (100, 60), "xchem_detector"
+                "drop",
+                0.9,
+                (30, 20, 169, 99),
+                MaskCrop.from_full(drop),
+                int(drop.sum()),
+                (100, 60),
+                "xchem_detector",
             ),
-            Detection("crystal", 0.8, (40, 40, 59, 59), crystal, 400, (50, 50), "xchem_detector"),
+            Detection(
+                "crystal",
+                0.8,
+                (40, 40, 59, 59),
+                MaskCrop.from_full(crystal),
+                400,
+                (50, 50),
+                "xchem_detector",
+            ),
         ),
         crystal_targets=(CrystalTarget(50, 50, 0.8, 1),),
         dispense=DispensePoint(DispenseStatus.OK, 130, 70, 29.0, 1),
@@ -239,6 +253,8 @@ def test_overlay_draws_masks_boxes_targets_and_the_dispense_dot() -> None:
     assert tuple(image[70, 130]) == (220, 30, 30)  # the red dispense dot
     assert tuple(image[5, 195]) == (128, 128, 128)  # untouched background
     assert not np.array_equal(image[90, 100], pixels[90, 100])  # the drop mask is tinted
+    assert tuple(image[90, 20]) == (128, 128, 128)  # left of the drop: not tinted
+    assert tuple(image[42, 42]) != tuple(image[90, 100])  # the crystal has its own tint
     assert tuple(image[99, 100]) == (20, 40, 160)  # the drop's dark-blue box edge
     assert render_overlay(pixels, analysis).tobytes() == image.tobytes()  # deterministic
     with pytest.raises(ValueError, match="200 x 120"):
