@@ -3,7 +3,9 @@ the result writer. Plain frozen dataclasses; no torch, no SQL.
 
 Coordinates are (x, y) pixels of the *original* image, origin at the top-left corner, x to the
 right, y down -- the convention of ISPyB and SynchWeb. Boxes are (x0, y0, x1, y1) in the same
-pixels. Masks are boolean arrays of shape (height, width) of the original image.
+pixels. A detection's mask travels as a ``MaskCrop``: only the rectangle around the object,
+placed in its frame (the original image, or the detector's input for ``model_mask``); ``full()``
+gives the whole-frame boolean array to a consumer that needs one.
 """
 
 from __future__ import annotations
@@ -43,6 +45,21 @@ CHIMP_SCHEMA = "CHIMP"
 BASELINE_SCHEMA = "BASELINE_CV"  # the weight-free analyser never writes under CHIMP
 
 
+class TargetRule(enum.StrEnum):
+    """How crystal targets and the dispense point are computed from detector masks; stored with
+    every result (``chimp_image_result.targetRule``), so a change of rule makes results stale.
+
+    ``PUBLISHED`` (the default) is the published CHiMP arithmetic: masks thresholded at the
+    detector's input size (1352 x 1688), centre of mass and distance transform there, rounded
+    half to even, scaled to the original image and rounded again. ``ORIGINAL`` resizes each mask
+    to the original image first and computes there (halves rounded up, the image frame counting
+    as a drop edge): what this worker did before, and what the weight-free baseline does.
+    """
+
+    PUBLISHED = "published"
+    ORIGINAL = "original"
+
+
 class DispenseStatus(enum.StrEnum):
     """Outcome of the dispense-point search; stored verbatim in the worker's tables."""
 
@@ -61,16 +78,65 @@ class ModelRef:
 
 
 @dataclass(frozen=True, eq=False)
+class MaskCrop:
+    """A boolean mask kept as the rectangle that holds it: ``values`` (h, w) with its top-left
+    pixel at (``top``, ``left``) of a ``frame`` = (height, width) image, False elsewhere.
+
+    Keeps per-detection memory at the object's size instead of the whole frame's.
+    """
+
+    values: np.ndarray  # bool (h, w)
+    top: int
+    left: int
+    frame: tuple[int, int]  # (height, width) of the image the mask belongs to
+
+    def __post_init__(self) -> None:
+        height, width = self.values.shape
+        frame_height, frame_width = self.frame
+        if not (0 <= self.top <= frame_height - height and 0 <= self.left <= frame_width - width):
+            raise ValueError(
+                f"a {height} x {width} crop at (top {self.top}, left {self.left}) does not fit "
+                f"its {self.frame[0]} x {self.frame[1]} frame"
+            )
+
+    @classmethod
+    def from_full(cls, mask: np.ndarray) -> MaskCrop:
+        """The crop of a whole-frame mask, trimmed to the rows and columns it occupies."""
+        binary = np.asarray(mask, dtype=bool)
+        rows = np.flatnonzero(binary.any(axis=1))
+        cols = np.flatnonzero(binary.any(axis=0))
+        frame = (int(binary.shape[0]), int(binary.shape[1]))
+        if rows.size == 0:
+            return cls(np.zeros((0, 0), dtype=bool), 0, 0, frame)
+        top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        return cls(binary[top:bottom, left:right].copy(), top, left, frame)
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.values))
+
+    def full(self) -> np.ndarray:
+        """The mask as a whole-frame boolean array."""
+        mask = np.zeros(self.frame, dtype=bool)
+        height, width = self.values.shape
+        mask[self.top : self.top + height, self.left : self.left + width] = self.values
+        return mask
+
+
+@dataclass(frozen=True, eq=False)
 class Detection:
     """One kept instance from a detector (after score and mask thresholds)."""
 
     label: str  # "crystal" or "drop"
     score: float
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in original pixels
-    mask: np.ndarray | None  # bool (H, W) of the original image; None once persisted
+    mask: MaskCrop | None  # at the original image's size; None once persisted
     mask_area: int  # pixels of the original image
-    centroid: tuple[int, int] | None  # rounded centre of mass (x, y); None for an empty mask
+    centroid: tuple[int, int] | None  # the crystal target (x, y) by the result's TargetRule
     model_role: str | None = None  # the ModelRef.role that found it, e.g. "xchem_detector"
+    # The thresholded mask at the detector's input size (1352 x 1688), where the published
+    # rule computes targets; None for analysers without one (the baseline).
+    model_mask: MaskCrop | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +174,9 @@ class ImageAnalysis:
     crystal_targets: tuple[CrystalTarget, ...] = ()
     dispense: DispensePoint | None = None  # None when no drop detector ran
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    # The TargetRule value the targets and dispense point were computed by (None: the
+    # analyser computes none by a rule, e.g. test doubles).
+    target_rule: str | None = None
 
     @property
     def top_class(self) -> str | None:
@@ -141,6 +210,7 @@ class Analyser(Protocol):
     name: str
     schema_name: str
     models: tuple[ModelRef, ...]
+    target_rule: str | None  # the TargetRule its results carry; part of what makes them stale
 
     def analyse(self, images: Sequence[DecodedImage]) -> list[ImageAnalysis]:
         """One ImageAnalysis per image, in order. Raises only for model-level faults."""

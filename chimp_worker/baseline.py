@@ -46,7 +46,9 @@ from chimp_worker.analysis import (
     DispensePoint,
     DispenseStatus,
     ImageAnalysis,
+    MaskCrop,
     ModelRef,
+    TargetRule,
 )
 from chimp_worker.config import Settings
 from chimp_worker.geometry import dispense_point, mask_centroid
@@ -103,6 +105,9 @@ class BaselineAnalyser:
 
     name = ANALYSER_NAME
     schema_name = BASELINE_SCHEMA
+    # Its masks are made at the original size, so its targets follow the original rule
+    # whatever ``target_rule`` is set to (that setting is about the CHiMP detectors).
+    target_rule: str = str(TargetRule.ORIGINAL)
 
     def __init__(self, settings: Settings) -> None:
         self.score_threshold = settings.score_threshold
@@ -154,6 +159,7 @@ class BaselineAnalyser:
                 "model": (geometry_started - started) * 1000,
                 "geometry": (finished - geometry_started) * 1000,
             },
+            target_rule=self.target_rule,
         )
 
 
@@ -462,17 +468,12 @@ class _Region:
         crop = mask[np.ix_(source_rows, source_cols)]
         return cls(x0, y0, crop, width, height)
 
-    def full(self) -> np.ndarray:
-        mask = np.zeros((self.height, self.width), dtype=bool)
-        h, w = self.crop.shape
-        mask[self.y0 : self.y0 + h, self.x0 : self.x0 + w] = self.crop
-        return mask
-
     def detection(self, label: str, score: float) -> Detection:
         rows = np.flatnonzero(self.crop.any(axis=1))
         cols = np.flatnonzero(self.crop.any(axis=0))
+        mask = MaskCrop(self.crop, self.y0, self.x0, (self.height, self.width))
         if rows.size == 0:
-            return Detection(label, float(score), (0.0, 0.0, 0.0, 0.0), self.full(), 0, None)
+            return Detection(label, float(score), (0.0, 0.0, 0.0, 0.0), mask, 0, None)
         box = (
             float(self.x0 + cols[0]),
             float(self.y0 + rows[0]),
@@ -481,7 +482,7 @@ class _Region:
         )
         centre = mask_centroid(self.crop)  # integer offsets keep the rounding exact
         centroid = None if centre is None else (centre[0] + self.x0, centre[1] + self.y0)
-        return Detection(label, float(score), box, self.full(), int(self.crop.sum()), centroid)
+        return Detection(label, float(score), box, mask, int(self.crop.sum()), centroid)
 
 
 def _dispense_near_drop(

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     )
     clahe_clip_limit: float = Field(2.0, gt=0.0, le=40.0)
     dispense_margin_px: float = Field(0.0, ge=0.0)
+    target_rule: Literal["published", "original"] = Field(
+        "published",
+        description="published: crystal targets and dispense points as the CHiMP tools compute "
+        "them (at the 1352 x 1688 model input, rounded half to even); original: on masks "
+        "resized to the original image (the worker's rule before 2026-12; docs/models.md)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 is opt-in, never default")
     torch_threads: int = Field(0, ge=0, le=256, description="0: one per available core")

@@ -48,8 +48,11 @@ def render_overlay(pixels: np.ndarray, analysis: ImageAnalysis, *, seed: int = 0
     canvas = pixels.astype(np.float32)
     colours = _mask_colours(len(analysis.detections), seed)
     for detection, colour in zip(analysis.detections, colours, strict=True):
-        if detection.mask is not None and detection.mask.any():
-            canvas[detection.mask] = (1 - MASK_ALPHA) * canvas[detection.mask] + MASK_ALPHA * colour
+        mask = detection.mask
+        if mask is not None and mask.values.any():
+            height, width = mask.values.shape
+            region = canvas[mask.top : mask.top + height, mask.left : mask.left + width]
+            region[mask.values] = (1 - MASK_ALPHA) * region[mask.values] + MASK_ALPHA * colour
     image = np.ascontiguousarray(canvas.clip(0, 255).astype(np.uint8))
 
     thickness = _scale(analysis.width, analysis.height)

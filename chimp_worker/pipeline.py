@@ -210,6 +210,11 @@ class Pipeline:
     def model_checksums(self) -> set[str]:
         return {model.sha256 for model in self.analyser.models}
 
+    @property
+    def target_rule(self) -> str | None:
+        """The rule this analyser's targets follow; results by another rule need work."""
+        return self.analyser.target_rule
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -224,7 +229,10 @@ class Pipeline:
         if image_ids is not None:
             _require_known(inspection_id, image_ids, {image.blSampleImageId for image in images})
         needing = progress.images_needing_work(
-            self.session_factory, inspection_id, self.model_checksums
+            self.session_factory,
+            inspection_id,
+            self.model_checksums,
+            target_rule=self.target_rule,
         )
         if image_ids is not None:
             wanted = set(image_ids)
@@ -241,7 +249,8 @@ class Pipeline:
         heartbeat: Heartbeat | None = None,
     ) -> WorkOutcome:
         """Analyse and write the images that need work (of ``image_ids``, or all), then try to
-        complete the inspection. Images already done with these model files are skipped."""
+        complete the inspection. Images already done with these model files and this target
+        rule are skipped."""
         from chimp_worker.ispyb import progress as db
 
         beat = heartbeat or NO_HEARTBEAT
@@ -252,7 +261,12 @@ class Pipeline:
             asked = [image.blSampleImageId for image in images] if image_ids is None else image_ids
             _require_known(inspection_id, asked, set(by_id))
             needing = set(
-                db.images_needing_work(self.session_factory, inspection_id, self.model_checksums)
+                db.images_needing_work(
+                    self.session_factory,
+                    inspection_id,
+                    self.model_checksums,
+                    target_rule=self.target_rule,
+                )
             )
             todo = [by_id[image_id] for image_id in dict.fromkeys(asked) if image_id in needing]
             skipped = tuple(

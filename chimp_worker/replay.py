@@ -1,12 +1,14 @@
 """Replay a backlog: find Completed inspections whose images still need work and do it.
 
 An image needs work when it has no result yet ("unprocessed"), its last attempt failed
-("failed"), or its result came from other model files than the ones configured now
-("model changed", compared by sha256). Nothing about a replay is kept in memory between runs:
-each run recomputes the backlog from the database, so a replay stopped by Ctrl-C or a crash
-simply finishes the rest when started again, and the idempotent writer makes redoing an image
-harmless. That also makes it safe while daemons run: whoever writes an image second finds the
-same result and changes nothing.
+("failed"), its result came from other model files than the ones configured now
+("model changed", compared by sha256), or its targets were computed by another target rule
+than the configured one ("rule changed": e.g. results stored before the published rule
+became the default, which the migration marks 'original'). Nothing about a replay is kept in
+memory between runs: each run recomputes the backlog from the database, so a replay stopped by
+Ctrl-C or a crash simply finishes the rest when started again, and the idempotent writer makes
+redoing an image harmless. That also makes it safe while daemons run: whoever writes an image
+second finds the same result and changes nothing.
 
 Two ways to do the work: publish ``WorkItem`` messages (with publisher confirms) for the running
 daemons, or process here with the daemon's own ``Pipeline``.
@@ -41,7 +43,8 @@ log = get_logger(__name__)
 UNPROCESSED = "unprocessed"
 FAILED = "failed"
 MODEL_CHANGED = "model changed"
-REASONS = (UNPROCESSED, FAILED, MODEL_CHANGED)
+RULE_CHANGED = "rule changed"
+REASONS = (UNPROCESSED, FAILED, MODEL_CHANGED, RULE_CHANGED)
 
 _VISIT = re.compile(r"^([A-Za-z]+)(\d+)-(\d+)$")
 _IN_CHUNK = 500
@@ -59,7 +62,7 @@ WHERE ci.state = 'Completed'
 """
 
 IMAGES_SQL = """
-SELECT si.containerInspectionId, si.blSampleImageId, r.state, r.failureReason
+SELECT si.containerInspectionId, si.blSampleImageId, r.state, r.failureReason, r.targetRule
 FROM BLSampleImage si
 LEFT JOIN chimp_image_result r ON r.blSampleImageId = si.blSampleImageId
 WHERE si.containerInspectionId IN :inspectionIds
@@ -84,6 +87,7 @@ class ReplayFilters:
     visit: str | None = None
     failed_only: bool = False
     model_changed: bool = False
+    rule_changed: bool = False
 
     def __post_init__(self) -> None:
         if self.since and self.until and self.since > self.until:
@@ -93,14 +97,17 @@ class ReplayFilters:
 
     @property
     def reasons(self) -> tuple[str, ...]:
-        """The kinds of work asked for: --failed-only and --model-changed narrow (and combine)."""
-        if not self.failed_only and not self.model_changed:
+        """The kinds of work asked for: --failed-only, --model-changed and --rule-changed
+        narrow (and combine)."""
+        if not (self.failed_only or self.model_changed or self.rule_changed):
             return REASONS
         chosen = []
         if self.failed_only:
             chosen.append(FAILED)
         if self.model_changed:
             chosen.append(MODEL_CHANGED)
+        if self.rule_changed:
+            chosen.append(RULE_CHANGED)
         return tuple(chosen)
 
 
@@ -133,6 +140,7 @@ class Backlog:
     images_matched: int  # their images
     model_checksums: frozenset[str] | None
     not_completed: tuple[int, ...] = ()  # --inspection ids that are no Completed inspection
+    target_rule: str | None = None  # the configured analyser's rule (None: not compared)
 
     @property
     def image_count(self) -> int:
@@ -210,6 +218,15 @@ def current_model_checksums(settings: Settings) -> frozenset[str]:
     return frozenset(model.sha256 for model in BaselineAnalyser(settings).models)
 
 
+def current_target_rule(settings: Settings) -> str:
+    """The target rule results of the configured analyser carry, without loading torch."""
+    if settings.effective_analyser == "chimp":
+        return settings.target_rule
+    from chimp_worker.baseline import BaselineAnalyser
+
+    return BaselineAnalyser.target_rule
+
+
 # --- finding the backlog ---------------------------------------------------------------------
 
 
@@ -270,15 +287,23 @@ def _per_inspection(
 
 
 def classify_image(
-    state: str | None, checksums: frozenset[str], current: frozenset[str] | None
+    state: str | None,
+    checksums: frozenset[str],
+    current: frozenset[str] | None,
+    rule: str | None = None,
+    current_rule: str | None = None,
 ) -> str | None:
     """Why an image needs work (a REASONS value), or None when it is up to date.
 
     A 'pending' row is an image planned but never finished: as unprocessed as no row at all.
+    A done result's stored target ``rule`` is compared with ``current_rule`` unless that is
+    None; new model files win over a new rule (the redo covers both).
     """
     if state == "done":
         if current is not None and checksums != current:
             return MODEL_CHANGED
+        if current_rule is not None and rule != current_rule:
+            return RULE_CHANGED
         return None
     if state == "failed":
         return FAILED
@@ -289,10 +314,12 @@ def find_backlog(
     session_factory: sessionmaker[Session],
     filters: ReplayFilters,
     model_checksums: Iterable[str] | None,
+    target_rule: str | None = None,
 ) -> Backlog:
     """Completed inspections matching ``filters`` that have images needing the asked work.
 
     ``model_checksums`` is the configured analyser's set; None skips the model comparison.
+    ``target_rule`` is its target rule (``current_target_rule``); None skips that comparison.
     """
     current = frozenset(model_checksums) if model_checksums is not None else None
     reasons = filters.reasons
@@ -301,7 +328,10 @@ def find_backlog(
         ids = [int(row["containerInspectionId"]) for row in inspections]
         images = _per_inspection(session, IMAGES_SQL, ids)
         shas: dict[int, set[str]] = defaultdict(set)
-        if current is not None and MODEL_CHANGED in reasons:
+        # Model files are compared only when asked for: --rule-changed alone also finds an
+        # image whose model files changed too.
+        compared = current if MODEL_CHANGED in reasons else None
+        if compared is not None:
             for row in _per_inspection(session, MODELS_SQL, ids):
                 shas[int(row["blSampleImageId"])].add(row["sha256"])
     by_inspection: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
@@ -314,7 +344,13 @@ def find_backlog(
         failures: Counter[str] = Counter()
         for image in by_inspection.get(inspection_id, []):
             image_id = int(image["blSampleImageId"])
-            reason = classify_image(image["state"], frozenset(shas.get(image_id, ())), current)
+            reason = classify_image(
+                image["state"],
+                frozenset(shas.get(image_id, ())),
+                compared,
+                image["targetRule"],
+                target_rule,
+            )
             if reason is None or reason not in reasons:
                 continue
             work[reason].append(image_id)
@@ -339,6 +375,7 @@ def find_backlog(
         images_matched=len(images),
         model_checksums=current,
         not_completed=tuple(sorted(set(filters.inspection_ids) - set(ids))),
+        target_rule=target_rule,
     )
 
 

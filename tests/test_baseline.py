@@ -65,7 +65,9 @@ def test_one_crystal_is_found_at_its_centroid_and_the_dispense_point_avoids_it(
     assert crystal.label == "crystal"
     assert (crystal.centroid, crystal.score) == ((target.x, target.y), target.score)
     assert crystal.mask is not None
-    assert crystal.mask.shape == (512, 640)
+    assert crystal.mask.frame == (512, 640)
+    assert crystal.mask.full().shape == (512, 640)
+    assert crystal.mask.area == crystal.mask_area
     assert 1400 <= crystal.mask_area <= 1900  # 41 x 41 = 1681 true pixels
     assert result.top_class == "crystals"
     point = result.dispense

@@ -1,4 +1,7 @@
-"""Geometry on hand-made masks whose answers are worked out by hand (or by brute force)."""
+"""Geometry on hand-made masks whose answers are worked out by hand (or by brute force).
+
+The original-resolution rule; the published rule is in test_geometry_published.py.
+"""
 
 from __future__ import annotations
 
@@ -230,8 +233,12 @@ def test_microns_from_centre_uses_each_axis_calibration() -> None:
     assert microns_from_centre(100, 30, 101, 51, 2.0, 3.0) == (100.0, 15.0)
 
 
-def test_microns_from_centre_of_an_even_sized_image_is_between_pixels() -> None:
-    assert microns_from_centre(2, 1, 4, 2, 1.0, 1.0) == (0.5, 0.5)
+def test_microns_from_centre_of_an_even_sized_image_start_at_pixel_w_over_2() -> None:
+    # The published tools take the centre as (W // 2, H // 2): pixel (2, 1) of a 4 x 2 image.
+    assert microns_from_centre(2, 1, 4, 2, 1.0, 1.0) == (0.0, 0.0)
+    assert microns_from_centre(0, 0, 4, 2, 1.5, 2.0) == (-3.0, -2.0)
+    # A VMXi frame: 2532 x 2028 -> centre (1266, 1014), not (1265.5, 1013.5).
+    assert microns_from_centre(1266, 1014, 2532, 2028, 1.6, 1.6) == (0.0, 0.0)
 
 
 def test_microns_from_centre_without_calibration_is_none() -> None:

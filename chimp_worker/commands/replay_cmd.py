@@ -48,6 +48,12 @@ _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d
     is_flag=True,
     help="Only images processed with other model files than configured now (by sha256).",
 )
+@click.option(
+    "--rule-changed",
+    is_flag=True,
+    help="Only images whose targets were computed by another target_rule than configured now "
+    "(e.g. stored before the published rule became the default).",
+)
 @click.option("--dry-run", is_flag=True, help="List the inspections and image counts; do nothing.")
 @click.option(
     "--local",
@@ -81,6 +87,7 @@ def replay(
     visit: str | None,
     failed_only: bool,
     model_changed: bool,
+    rule_changed: bool,
     dry_run: bool,
     local: bool,
     announce: bool,
@@ -88,7 +95,7 @@ def replay(
     priority: int,
 ) -> None:
     """Find Completed inspections with images that have no result, failed, or were processed
-    with other model files, and process them again.
+    with other model files or by another target rule, and process them again.
 
     By default the work is published to the work queue (publisher confirms) for the running
     daemons; --local processes it here with the same pipeline code. The backlog is recomputed
@@ -102,6 +109,7 @@ def replay(
       chimp-worker replay --barcode CQX-0001 --local        # process one plate here
       chimp-worker replay --local --announce                # ... and publish results-ready
       chimp-worker replay --visit mx12345-6 --model-changed # after installing new weights
+      chimp-worker replay --rule-changed --dry-run          # results of the old target rule
     """
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.log import configure_logging
@@ -109,6 +117,7 @@ def replay(
         ReplayFilters,
         ReplaySummary,
         current_model_checksums,
+        current_target_rule,
         find_backlog,
     )
 
@@ -126,6 +135,7 @@ def replay(
         visit=visit,
         failed_only=failed_only,
         model_changed=model_changed,
+        rule_changed=rule_changed,
     )
     size = chunk_size or settings.images_per_work_item
     pipeline = None
@@ -135,16 +145,18 @@ def replay(
         pipeline = Pipeline.from_settings(settings)
         factory = pipeline.session_factory
         checksums = frozenset(pipeline.model_checksums)
+        rule = pipeline.target_rule
         engine = None
     else:
         engine = make_engine(settings.database_url, settings.database_connect_args)
         factory = make_session_factory(engine)
         checksums = current_model_checksums(settings)
+        rule = current_target_rule(settings)
     summary = ReplaySummary(mode="dry-run" if dry_run else "local" if local else "queue")
     try:
         if not dry_run:  # refuse before reopening anything, as `run` refuses before consuming
             _preflight(settings, pipeline.engine if pipeline is not None else engine)
-        backlog = find_backlog(factory, filters, checksums)
+        backlog = find_backlog(factory, filters, checksums, rule)
         for missing in backlog.not_completed:
             click.echo(f"warning: inspection {missing} is not a Completed inspection; skipped")
         click.echo(_plan_text(backlog))
@@ -267,11 +279,11 @@ def _do_work(
 
 def _plan_text(backlog: Backlog) -> str:
     """The inspections with work, one line each, and a total line."""
-    from chimp_worker.replay import FAILED, MODEL_CHANGED, UNPROCESSED
+    from chimp_worker.replay import FAILED, MODEL_CHANGED, RULE_CHANGED, UNPROCESSED
 
     lines = [
         f"{'inspection':>10}  {'barcode':<16} {'visit':<12} {'completed':<16} {'images':>6} "
-        f"{'todo':>5} {'unproc':>6} {'failed':>6} {'model':>5}  failure reasons"
+        f"{'todo':>5} {'unproc':>6} {'failed':>6} {'model':>5} {'rule':>5}  failure reasons"
     ]
     for item in backlog.inspections:
         completed = item.completed.strftime("%Y-%m-%d %H:%M") if item.completed else "-"
@@ -280,12 +292,14 @@ def _plan_text(backlog: Backlog) -> str:
             f"{item.containerInspectionId:>10}  {item.barcode or '-':<16} {item.visit or '-':<12} "
             f"{completed:<16} {item.image_count:>6} {len(item.image_ids):>5} "
             f"{len(item.work.get(UNPROCESSED, ())):>6} {len(item.work.get(FAILED, ())):>6} "
-            f"{len(item.work.get(MODEL_CHANGED, ())):>5}  {reasons}"
+            f"{len(item.work.get(MODEL_CHANGED, ())):>5} "
+            f"{len(item.work.get(RULE_CHANGED, ())):>5}  {reasons}"
         )
     lines.append(
         f"backlog: {len(backlog.inspections)} of {backlog.matched} matching inspections need "
         f"work; {backlog.image_count} images ({backlog.count(UNPROCESSED)} unprocessed, "
-        f"{backlog.count(FAILED)} failed, {backlog.count(MODEL_CHANGED)} model changed)"
+        f"{backlog.count(FAILED)} failed, {backlog.count(MODEL_CHANGED)} model changed, "
+        f"{backlog.count(RULE_CHANGED)} rule changed)"
     )
     return "\n".join(lines)
 

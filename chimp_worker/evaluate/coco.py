@@ -198,7 +198,7 @@ def detection_results(
             "score": float(detection.score),
         }
         if detection.mask is not None:
-            result["segmentation"] = mask_to_rle(detection.mask)
+            result["segmentation"] = mask_to_rle(detection.mask.full())
         results.append(result)
     return results
 

@@ -91,16 +91,23 @@ def images_needing_work(
     model_checksums: set[str] | None = None,
     *,
     include_failed: bool = True,
+    target_rule: str | None = None,
 ) -> list[int]:
     """Image ids of the inspection without a done result (or failed, unless excluded).
 
     With ``model_checksums``, a done result whose model files (by sha256) are not exactly that
-    set needs work too: that is how a model upgrade is replayed.
+    set needs work too: that is how a model upgrade is replayed. With ``target_rule`` (the
+    analyser's ``TargetRule`` value), so does a done result computed by another rule, or
+    stored before results recorded one.
     """
     with transaction(session_factory) as session:
         _require_inspection(session, inspection_id)
         rows = session.execute(
-            select(t.BLSampleImage.blSampleImageId, ChimpImageResult.state)
+            select(
+                t.BLSampleImage.blSampleImageId,
+                ChimpImageResult.state,
+                ChimpImageResult.targetRule,
+            )
             .outerjoin(
                 ChimpImageResult,
                 ChimpImageResult.blSampleImageId == t.BLSampleImage.blSampleImageId,
@@ -120,9 +127,13 @@ def images_needing_work(
             ):
                 checksums.setdefault(image_id, set()).add(sha)
     needed = []
-    for image_id, state in rows:
+    for image_id, state, rule in rows:
         if state == "done":
-            if model_checksums is not None and checksums.get(image_id, set()) != model_checksums:
+            models_changed = (
+                model_checksums is not None and checksums.get(image_id, set()) != model_checksums
+            )
+            rule_changed = target_rule is not None and rule != target_rule
+            if models_changed or rule_changed:
                 needed.append(image_id)
         elif state != "failed" or include_failed:
             needed.append(image_id)

@@ -97,6 +97,11 @@ class ChimpImageResult(WorkerBase):
     )
     createdAt: Mapped[datetime.datetime] = mapped_column(DateTime())
     updatedAt: Mapped[datetime.datetime] = mapped_column(DateTime())
+    # Last, where the migration that added it puts it (worker_0004).
+    targetRule: Mapped[str | None] = mapped_column(
+        String(16),
+        comment="published | original: how targets and the dispense point were computed",
+    )
 
 
 class ChimpImageModel(WorkerBase):

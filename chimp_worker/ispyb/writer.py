@@ -88,6 +88,7 @@ def result_digest(analysis: ImageAnalysis) -> str:
         "schema": analysis.schema_name,
         "models": sorted((m.role, m.name, m.sha256) for m in analysis.models),
         "size": [analysis.width, analysis.height],
+        "target_rule": analysis.target_rule,
         "probabilities": sorted(
             (name, float(p)) for name, p in (analysis.probabilities or {}).items()
         ),
@@ -436,6 +437,7 @@ def _replace_worker_rows(
     record.timingsJson = json.dumps(timings, sort_keys=True)
     record.totalMs = round(sum(timings.values()), 3) if timings else None
     record.resultDigest = digest
+    record.targetRule = analysis.target_rule
     record.failureReason = None
     record.failureDetail = None
     record.attempts = (record.attempts or 0) + 1

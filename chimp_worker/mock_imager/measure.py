@@ -41,8 +41,9 @@ def drop_iou(analysis: ImageAnalysis, truth: GroundTruth) -> float:
         return 0.0
     best = max(drops, key=lambda d: d.score)
     true = truth.drop_mask
-    union = int((best.mask | true).sum())
-    return float((best.mask & true).sum() / union) if union else 0.0
+    found = best.mask.full()  # type: ignore[union-attr]
+    union = int((found | true).sum())
+    return float((found & true).sum() / union) if union else 0.0
 
 
 @dataclass

@@ -32,19 +32,21 @@ __all__ = ["CONFIGURATIONS", "BenchPlate", "BenchSetup", "prepare_bench", "run_b
 CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "reference": (
         "as the published tooling runs: score 0.05 inside the model, every mask pasted, "
-        "filtered at 0.6 after; batch 1, contiguous tensors, no prefetching",
+        "filtered at 0.6 after; batch 1, contiguous tensors, eager timm classifier, "
+        "no prefetching",
         {
             "model_score_threshold": 0.05,
             "paste_full_masks": True,
             "fold_batchnorm": False,
             "channels_last": False,
+            "fuse_classifier": False,
             "prefetch": False,
             "batch_size": 1,
         },
     ),
     "fast": (
         "the defaults: score 0.6 inside the model, kept masks pasted around their boxes only, "
-        "batch norm folded into the convolutions, channels-last classifier, "
+        "batch norm folded into the convolutions, channels-last classifier with fused MLPs, "
         "prefetching, batches of batch_size",
         {},
     ),
@@ -147,6 +149,23 @@ def prepare_bench(
     )
 
 
+def _count_fused_linear_flops() -> None:
+    """Teach torch's FLOP counter the fused classifier's oneDNN linear (``classifier_fusion``):
+    2 x output elements x input features, as for ``mm``; it ignores unknown ops otherwise."""
+    import math as _math
+
+    import torch
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    target = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if target is None or target in flop_registry:
+        return
+
+    @register_flop_formula(target)
+    def _fused_linear_flop(x_shape, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+        return 2 * _math.prod(out_shape) * x_shape[-1]
+
+
 def matmul_gflops(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
     """This process's matrix-multiply rate (fp32 or bf16): the yardstick for achieved
     GFLOP/s, and with the FLOP count the floor no configuration can beat."""
@@ -175,6 +194,7 @@ class _Recorder:
         self.name = self.inner.name
         self.schema_name = self.inner.schema_name
         self.models = self.inner.models
+        self.target_rule = self.inner.target_rule
 
     def analyse(self, images: Sequence[DecodedImage]) -> list[ImageAnalysis]:
         found = self.inner.analyse(images)
@@ -228,6 +248,7 @@ def measure(
     from chimp_worker.pipeline import Pipeline
 
     configure_logging("WARNING", "auto")
+    _count_fused_linear_flops()
     plate = setup.plates[flavour]
     role = ROLES[flavour]
     configure_threads(setup.threads)
@@ -295,6 +316,9 @@ def measure(
         }
 
     write_ms = _timed_writes(plate, results, make_engine, make_session_factory, write_image_result)
+    by_rule = (
+        {} if options.get("paste_full_masks") else _postprocess_by_rule(analyser, prepared, role)
+    )
 
     count = len(plate.image_ids)
     return {
@@ -323,9 +347,39 @@ def measure(
             "preprocess": _stage(recorder.timings, "classifier_preprocess", "detector_preprocess"),
         },
         "flops": flops,
+        "postprocess_by_rule_ms": by_rule,
         "peak_rss_bytes": worker_rss,
         "outputs": [_summary(result) for result in results],
     }
+
+
+def _postprocess_by_rule(
+    analyser: Any, prepared: Sequence[Any], role: str, images: int = 4, repeats: int = 5
+) -> dict[str, float]:
+    """Milliseconds per image of post-processing and geometry by each target rule, on the same
+    detector outputs: the rules alternate, ``repeats`` times per image (median), median over
+    the first ``images`` images. Interleaving keeps a shared machine's drift out of the ratio.
+    """
+    import torch
+
+    from chimp_worker.analysis import TargetRule
+
+    detector = analyser.detectors[role]
+    per_rule: dict[str, list[float]] = {str(rule): [] for rule in TargetRule}
+    with torch.inference_mode():
+        for item in prepared[:images]:
+            tensor = torch.from_numpy(item.detector_input).to(analyser.device)
+            (output,) = detector([tensor], paste_masks=False)
+            times: dict[str, list[float]] = {name: [] for name in per_rule}
+            for _ in range(repeats):
+                for rule in TargetRule:
+                    started = time.perf_counter()
+                    found = analyser.postprocess(role, output, item.image, rule)
+                    analyser.targets({role: found}, item.image, rule)
+                    times[str(rule)].append((time.perf_counter() - started) * 1000)
+            for name, values in times.items():
+                per_rule[name].append(_median(values))
+    return {name: _median(values) for name, values in per_rule.items()}
 
 
 def _timed_writes(
@@ -371,6 +425,7 @@ def measure_paired(
     role = ROLES[flavour]
     settings = Settings(database_url=f"sqlite:///{plate.database}", image_roots=[plate.image_root])
     pipelines = {}
+    recorders: dict[str, _Recorder] = {}
     for configuration in configurations:
         options = {
             "batch_size": setup.batch_size,
@@ -385,18 +440,19 @@ def measure_paired(
         copy = plate.database.with_name(f"paired-{configuration}.sqlite")
         shutil.copyfile(plate.database, copy)
         engine = make_engine(f"sqlite:///{copy}")
+        recorders[configuration] = _Recorder(analyser)
         pipelines[configuration] = Pipeline(
             make_session_factory(engine),
             make_image_source(settings),
-            analyser,
+            recorders[configuration],
             batch_size=options["batch_size"],
             engine=engine,
         )
     seconds = dict.fromkeys(configurations, 0.0)
     ids = list(plate.image_ids)
     first = pipelines[configurations[0]].image_source.fetch(_image_paths(plate)[ids[0]], ids[0])
-    for pipeline in pipelines.values():  # warm-up on the first image, not counted
-        pipeline.analyser.analyse([first])
+    for recorder in recorders.values():  # warm-up on the first image, not counted
+        recorder.inner.analyse([first])
     step = max(1, setup.batch_size)
     for start in range(0, len(ids), step):
         for configuration, pipeline in pipelines.items():
@@ -406,7 +462,60 @@ def measure_paired(
     for configuration, pipeline in pipelines.items():
         pipeline.close()
         plate.database.with_name(f"paired-{configuration}.sqlite").unlink(missing_ok=True)
-    return {"flavour": flavour, "images": len(ids), "seconds": seconds}
+    decoded = [
+        pipelines[configurations[0]].image_source.fetch(_image_paths(plate)[image_id], image_id)
+        for image_id in ids
+    ]
+    classifier_ab = _classifier_ab({name: r.inner for name, r in recorders.items()}, decoded)
+    stages = {
+        configuration: {
+            "classifier": _stage(recorder.timings, "classifier"),
+            "detector": _stage(recorder.timings, role),
+            "postprocess": _stage(recorder.timings, f"{role}_postprocess", "geometry"),
+        }
+        for configuration, recorder in recorders.items()
+    }
+    return {
+        "flavour": flavour,
+        "images": len(ids),
+        "seconds": seconds,
+        "stages_ms": stages,
+        "classifier_ab": classifier_ab,
+    }
+
+
+def _classifier_ab(
+    analysers: dict[str, Any], images: Sequence[DecodedImage], rounds: int = 3
+) -> dict[str, Any]:
+    """Classifier milliseconds per image of each configuration, calls interleaved: every image,
+    ``rounds`` times, each configuration once per turn, the order alternating so neither is
+    always first after the other's cache footprint. Same preprocessed inputs for all.
+
+    Per configuration: every call's milliseconds. ``ratios``: reference / other per turn, whose
+    spread says how noisy the machine was.
+    """
+    import torch
+
+    names = list(analysers)
+    inputs = [analysers[names[0]].prepare(image).classifier_input for image in images]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for name in names:  # warm-up, not counted
+            analysers[name].classify(inputs[:1])
+        for turn in range(rounds * len(inputs)):
+            array = inputs[turn % len(inputs)]
+            for name in names if turn % 2 == 0 else names[::-1]:
+                started = time.perf_counter()
+                analysers[name].classify([array])
+                times[name].append((time.perf_counter() - started) * 1000)
+    ratios = {}
+    if "reference" in times:
+        ratios = {
+            name: [a / b for a, b in zip(times["reference"], values, strict=True)]
+            for name, values in times.items()
+            if name != "reference"
+        }
+    return {"ms": times, "ratios": ratios}
 
 
 def _image_paths(plate: BenchPlate) -> dict[int, str]:

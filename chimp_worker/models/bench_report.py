@@ -6,6 +6,7 @@ import datetime as dt
 import math
 import os
 import platform
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -238,8 +239,68 @@ def report_lines(
                 f"interleaved pipelines, same {entry['images']} images batch by batch: {parts}"
                 + _paired_ratios(seconds)
             )
+            lines += _interleaved_stages(entry.get("stages_ms", {}))
+            lines += _classifier_ab_lines(entry.get("classifier_ab"))
+        for name in present:
+            by_rule = by[(flavour, name)].get("postprocess_by_rule_ms")
+            if by_rule:
+                parts = ", ".join(f"{rule} rule {ms:.0f} ms" for rule, ms in by_rule.items())
+                lines.append(
+                    f"{name}: post-processing and geometry per image by target rule, on the same "
+                    f"detector outputs, rules alternated: {parts}"
+                )
         lines.append("")
     lines += _targets(by, interleaved, flavours)
+    return lines
+
+
+def _interleaved_stages(stages: dict[str, dict[str, float]]) -> list[str]:
+    """Per-image medians of the interleaved pipelines' stages: the steadiest classifier and
+    detector comparison a shared machine gives."""
+    reference = stages.get("reference")
+    lines = []
+    for stage in ("classifier", "detector", "postprocess"):
+        parts = [f"{name} {values[stage]:.0f} ms" for name, values in stages.items()]
+        if not parts:
+            continue
+        text = f"  interleaved {stage} ms/image: {', '.join(parts)}"
+        if reference and reference.get(stage):
+            ratios = [
+                f"{name} {reference[stage] / values[stage]:.2f}x"
+                for name, values in stages.items()
+                if name != "reference" and values.get(stage)
+            ]
+            text += f" -> {', '.join(ratios)}" if ratios else ""
+        lines.append(text)
+    return lines
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(10th percentile, median, 90th percentile)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0], ordered[0], ordered[0]
+    deciles = statistics.quantiles(ordered, n=10, method="inclusive")
+    return deciles[0], statistics.median(ordered), deciles[-1]
+
+
+def _classifier_ab_lines(ab: dict[str, Any] | None) -> list[str]:
+    """The classifier A/B: each configuration's calls and the per-turn speed-up, with their
+    10-90 % ranges (the machine's noise)."""
+    if not ab or not ab.get("ms"):
+        return []
+    parts = []
+    for name, values in ab["ms"].items():
+        low, middle, high = _spread(values)
+        parts.append(f"{name} {middle:.0f} ms ({low:.0f}-{high:.0f})")
+    calls = len(next(iter(ab["ms"].values())))
+    lines = [f"  classifier A/B, {calls} calls each interleaved: {', '.join(parts)}"]
+    for name, ratios in ab.get("ratios", {}).items():
+        low, middle, high = _spread(ratios)
+        lines.append(
+            f"  classifier A/B speed-up of {name} per turn: median {middle:.2f}x "
+            f"(10-90 %: {low:.2f}x-{high:.2f}x)"
+        )
     return lines
 
 

@@ -26,9 +26,9 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from chimp_worker.analysis import Detection
+from chimp_worker.analysis import Detection, MaskCrop, TargetRule
 from chimp_worker.errors import ModelFileError
-from chimp_worker.geometry import mask_centroid
+from chimp_worker.geometry import mask_centroid, published_centroid
 from chimp_worker.models.checkpoints import (
     detector_state_dict,
     file_kind,
@@ -36,11 +36,7 @@ from chimp_worker.models.checkpoints import (
     load_state_strict,
     read_model_file,
 )
-from chimp_worker.models.masks import (
-    paste_regions,
-    resize_probability_to_mask,
-    resize_region_to_mask,
-)
+from chimp_worker.models.masks import paste_regions, pasted_region, resize_region_to_mask
 from chimp_worker.models.preprocessing import DETECTOR_INPUT_HEIGHT, DETECTOR_INPUT_WIDTH
 
 __all__ = [
@@ -247,6 +243,7 @@ def detections_from_output(
     score_threshold: float,
     mask_threshold: float,
     model_role: str | None = None,
+    target_rule: TargetRule = TargetRule.PUBLISHED,
 ) -> list[Detection]:
     """Kept detections of one image in original-image pixels.
 
@@ -254,9 +251,15 @@ def detections_from_output(
     labels (N,), masks either pasted, (N, 1, 1352, 1688) probabilities, or as the mask head
     gives them, (N, 1, 28, 28) (``LoadedDetector(..., paste_masks=False)``): these are pasted
     here around their boxes only, with the same values. Detections scoring >= score_threshold
-    are kept; boxes are scaled by (orig_w / 1688, orig_h / 1352); each mask probability map is
-    resized (bilinear, half-pixel centres, only around its box: ``masks.py``) to the original
-    size and thresholded at > mask_threshold.
+    are kept; boxes are scaled by (orig_w / 1688, orig_h / 1352).
+
+    Each kept mask is thresholded at > mask_threshold twice: at the model-input size, as the
+    published tools do (``Detection.model_mask``, a crop around the box), and resized
+    (bilinear, half-pixel centres, only around its box: ``masks.py``) to the original size
+    (``Detection.mask``, for overlays, evaluation and the mask area). Both are crops around
+    the box: no whole-frame array per detection. The centroid follows
+    ``target_rule``: ``published`` from the model-input mask (``geometry.published_centroid``),
+    ``original`` from the resized one (``geometry.mask_centroid``).
     """
     scores = output["scores"].detach().float().cpu()
     keep = torch.nonzero(scores >= np.float32(score_threshold)).flatten()
@@ -269,29 +272,31 @@ def detections_from_output(
     height, width = DETECTOR_INPUT_HEIGHT, DETECTOR_INPUT_WIDTH
     if tuple(masks.shape[-2:]) == (height, width):
         pasted = masks.numpy()
-        crops = [
-            resize_probability_to_mask(
-                pasted[index, 0], box, original_height, original_width, mask_threshold
-            )
+        regions = [
+            pasted_region(pasted[index, 0], box)
             for index, box in zip(keep.tolist(), boxes, strict=True)
         ]
     else:
-        crops = [
-            resize_region_to_mask(
-                values, origin, height, width, original_height, original_width, mask_threshold
-            )
-            for values, origin in paste_regions(masks[keep], model_boxes, height, width)
-        ]
+        regions = paste_regions(masks[keep], model_boxes, height, width)
     kept_scores = scores[keep].tolist()
     scale_x = original_width / DETECTOR_INPUT_WIDTH
     scale_y = original_height / DETECTOR_INPUT_HEIGHT
+    threshold = np.float32(mask_threshold)
     detections = []
-    for box, score, index, (crop, (top, left)) in zip(
-        boxes, kept_scores, label_index, crops, strict=True
+    for box, score, index, (values, origin) in zip(
+        boxes, kept_scores, label_index, regions, strict=True
     ):
-        mask = np.zeros((original_height, original_width), dtype=bool)
-        mask[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
-        centre = mask_centroid(crop) if crop.size else None
+        model_mask = MaskCrop(values > threshold, origin[0], origin[1], (height, width))
+        crop, (top, left) = resize_region_to_mask(
+            values, origin, height, width, original_height, original_width, mask_threshold
+        )
+        mask = MaskCrop(crop, top, left, (original_height, original_width))
+        if target_rule == TargetRule.PUBLISHED:
+            centroid = published_centroid(model_mask, original_height, original_width)
+        else:
+            centre = mask_centroid(crop) if crop.size else None
+            # Rounding commutes with whole-pixel offsets: same as the full mask's centroid.
+            centroid = None if centre is None else (centre[0] + left, centre[1] + top)
         detections.append(
             Detection(
                 label=labels[int(index)],
@@ -304,9 +309,9 @@ def detections_from_output(
                 ),
                 mask=mask,
                 mask_area=int(crop.sum()),
-                # Rounding commutes with whole-pixel offsets: same as the full mask's centroid.
-                centroid=None if centre is None else (centre[0] + left, centre[1] + top),
+                centroid=centroid,
                 model_role=model_role,
+                model_mask=model_mask,
             )
         )
     return detections

@@ -72,7 +72,11 @@ def _mask_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def analysis_as_dict(analysis: ImageAnalysis, *, include_masks: bool = True) -> dict[str, Any]:
-    """Everything in an analysis as JSON-ready data; masks as COCO RLE, (x, y) pixels."""
+    """Everything in an analysis as JSON-ready data; masks as COCO RLE, (x, y) pixels.
+
+    ``mask_rle`` is a detection's mask at the original size, ``model_mask_rle`` at the
+    detector's input size; ``target_rule`` says which one the targets were computed on.
+    """
     detections = []
     for detection in analysis.detections:
         item: dict[str, Any] = {
@@ -84,7 +88,10 @@ def analysis_as_dict(analysis: ImageAnalysis, *, include_masks: bool = True) -> 
             "centroid_xy": list(detection.centroid) if detection.centroid else None,
         }
         if include_masks and detection.mask is not None:
-            item["mask_rle"] = _mask_rle(detection.mask)
+            item["mask_rle"] = _mask_rle(detection.mask.full())
+        if include_masks and detection.model_mask is not None:
+            # Where the published rule computes targets: the detector's 1352 x 1688 input.
+            item["model_mask_rle"] = _mask_rle(detection.model_mask.full())
         detections.append(item)
     dispense = analysis.dispense
     return {
@@ -95,6 +102,7 @@ def analysis_as_dict(analysis: ImageAnalysis, *, include_masks: bool = True) -> 
         ],
         "width": analysis.width,
         "height": analysis.height,
+        "target_rule": analysis.target_rule,
         # ISPyB's class names, as in the database and SynchWeb (analysis.ISPYB_SCORE_CLASS)
         "probabilities": {ispyb_class(name): p for name, p in analysis.probabilities.items()}
         if analysis.probabilities

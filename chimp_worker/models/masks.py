@@ -23,7 +23,12 @@ import torch
 from torch.nn.functional import interpolate
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
-__all__ = ["paste_regions", "resize_probability_to_mask", "resize_region_to_mask"]
+__all__ = [
+    "paste_regions",
+    "pasted_region",
+    "resize_probability_to_mask",
+    "resize_region_to_mask",
+]
 
 Region = tuple[np.ndarray, tuple[int, int]]  # values, (top, left) in the pasted map
 
@@ -134,6 +139,23 @@ def resize_region_to_mask(
     return result > np.float32(threshold), (y0, x0)
 
 
+def pasted_region(probability: np.ndarray, box: np.ndarray) -> Region:
+    """(values, (top, left)): the part of a whole pasted map that can be non-zero.
+
+    ``probability`` is (H, W) float32 in model-input pixels, zero outside ``box`` (x0, y0,
+    x1, y1, same pixels) expanded as torchvision pastes it; only that part is returned (a view).
+    """
+    source_height, source_width = probability.shape
+    centre_x, centre_y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half_w = (box[2] - box[0]) / 2 * _PASTE_EXPANSION + 1
+    half_h = (box[3] - box[1]) / 2 * _PASTE_EXPANSION + 1
+    left = max(0, math.floor(centre_x - half_w) - _MARGIN_PX)
+    right = min(source_width, math.ceil(centre_x + half_w) + _MARGIN_PX + 1)
+    top = max(0, math.floor(centre_y - half_h) - _MARGIN_PX)
+    bottom = min(source_height, math.ceil(centre_y + half_h) + _MARGIN_PX + 1)
+    return probability[top:bottom, left:right], (top, left)
+
+
 def resize_probability_to_mask(
     probability: np.ndarray,
     box: np.ndarray,
@@ -147,19 +169,7 @@ def resize_probability_to_mask(
     x1, y1, same pixels) expanded as torchvision pastes it: only that part is read.
     """
     source_height, source_width = probability.shape
-    centre_x, centre_y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    half_w = (box[2] - box[0]) / 2 * _PASTE_EXPANSION + 1
-    half_h = (box[3] - box[1]) / 2 * _PASTE_EXPANSION + 1
-    left = max(0, math.floor(centre_x - half_w) - _MARGIN_PX)
-    right = min(source_width, math.ceil(centre_x + half_w) + _MARGIN_PX + 1)
-    top = max(0, math.floor(centre_y - half_h) - _MARGIN_PX)
-    bottom = min(source_height, math.ceil(centre_y + half_h) + _MARGIN_PX + 1)
+    values, origin = pasted_region(probability, box)
     return resize_region_to_mask(
-        probability[top:bottom, left:right],
-        (top, left),
-        source_height,
-        source_width,
-        output_height,
-        output_width,
-        threshold,
+        values, origin, source_height, source_width, output_height, output_width, threshold
     )

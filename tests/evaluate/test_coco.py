@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from chimp_worker.analysis import Detection
+from chimp_worker.analysis import Detection, MaskCrop
 from chimp_worker.errors import DatasetError
 from chimp_worker.evaluate.coco import (
     CocoDataset,
@@ -69,7 +69,7 @@ def detection(box: tuple[float, float, float, float], score: float, mask: np.nda
         label="crystal",
         score=score,
         box=box,
-        mask=mask,
+        mask=MaskCrop.from_full(mask),
         mask_area=int(mask.sum()),
         centroid=None,
     )

@@ -66,6 +66,7 @@ class _PausingAnalyser:
         self.name = inner.name
         self.schema_name = inner.schema_name
         self.models = inner.models
+        self.target_rule = inner.target_rule
 
     def analyse(self, images: Sequence[Any]) -> Any:
         sources = ",".join(image.source for image in images)

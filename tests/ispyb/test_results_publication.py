@@ -114,10 +114,8 @@ def test_the_migration_adds_the_column_and_backfills_earlier_completions(
                 "(2, 'pending', '2026-01-01 00:00:00', NULL)"
             )
         report = schema.upgrade(database_url, "worker")
-        assert (report.before["worker"], report.after["worker"]) == (
-            "worker_0001",
-            schema.head_revisions()["worker"],  # worker_0002 and every revision after it
-        )
+        assert report.before["worker"] == "worker_0001"
+        assert report.after["worker"] == schema.head_revisions()["worker"]
         with engine.connect() as connection:
             rows = connection.execute(
                 select(

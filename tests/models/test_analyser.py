@@ -20,10 +20,16 @@ from chimp_worker.analysis import (
     DecodedImage,
     DispenseStatus,
     ImageAnalysis,
+    TargetRule,
 )
 from chimp_worker.config import Settings
 from chimp_worker.errors import ConfigError
-from chimp_worker.geometry import dispense_point, mask_centroid
+from chimp_worker.geometry import (
+    dispense_point,
+    mask_centroid,
+    published_centroid,
+    published_dispense_point,
+)
 from chimp_worker.mock_imager.synthetic import render_micrograph
 from chimp_worker.models import (
     AnalysisOptions,
@@ -123,10 +129,14 @@ def test_detections_are_in_original_pixels_with_consistent_masks(
             assert 0 <= x0 <= x1 <= width
             assert 0 <= y0 <= y1 <= height
             assert detection.mask is not None
-            assert detection.mask.shape == (height, width)
-            assert detection.mask.dtype == bool
-            assert detection.mask_area == int(detection.mask.sum())
-            assert detection.centroid == mask_centroid(detection.mask)
+            assert detection.mask.frame == (height, width)
+            assert detection.mask.values.dtype == bool
+            assert detection.mask_area == int(detection.mask.full().sum())
+            assert detection.model_mask is not None
+            assert detection.model_mask.frame == (1352, 1688)
+            # The default rule: targets from the mask at the model's input size.
+            assert result.target_rule == "published"
+            assert detection.centroid == published_centroid(detection.model_mask, height, width)
 
 
 def test_the_xchem_detector_finds_drops_and_crystals(results: list[ImageAnalysis]) -> None:
@@ -154,17 +164,51 @@ def test_the_dispense_point_comes_from_the_xchem_drops_and_crystals(
     xchem = by_role(result, "xchem_detector")
     drops = [d for d in xchem if d.label == "drop"]
     crystals = [d for d in xchem if d.label == "crystal"]
-    expected = dispense_point(
-        [d.mask for d in drops], [d.score for d in drops], [c.mask for c in crystals]
+    width, height = SIZE
+    expected = published_dispense_point(
+        [d.model_mask for d in drops],
+        [d.score for d in drops],
+        [c.model_mask for c in crystals],
+        height,
+        width,
     )
     assert result.dispense == expected
     assert result.dispense is not None
-    assert result.dispense.drops_seen == len([d for d in drops if d.mask_area > 0])
+    assert result.dispense.status is DispenseStatus.OK
+    assert result.dispense.drops_seen == len([d for d in drops if d.model_mask.area > 0])
+    assert result.dispense.clearance_px > 0  # type: ignore[operator]
+
+
+def test_the_original_rule_computes_on_the_resized_masks(
+    images: list[DecodedImage], settings: Settings, results: list[ImageAnalysis]
+) -> None:
+    """``target_rule = "original"``: centroids and the dispense point from the masks resized to
+    the original image; the same detections as the published rule, recorded as "original"."""
+    analyser = ChimpAnalyser(
+        xchem_detector=load_detector(settings.xchem_detector_path, 3),  # type: ignore[arg-type]
+        options=AnalysisOptions(target_rule=TargetRule.ORIGINAL),
+    )
+    assert analyser.target_rule == "original"
+    (result,) = analyser.analyse(images[:1])
+    assert result.target_rule == "original"
+    published = by_role(results[0], "xchem_detector")
+    assert [d.box for d in result.detections] == [d.box for d in published]
+    for detection in result.detections:
+        assert detection.centroid == mask_centroid(detection.mask.full())  # type: ignore[union-attr]
+    drops = [d for d in result.detections if d.label == "drop"]
+    crystals = [d for d in result.detections if d.label == "crystal"]
+    expected = dispense_point(
+        [d.mask.full() for d in drops],  # type: ignore[union-attr]
+        [d.score for d in drops],
+        [c.mask.full() for c in crystals],  # type: ignore[union-attr]
+    )
+    assert result.dispense == expected
+    assert result.dispense is not None
     if result.dispense.status is DispenseStatus.OK:
         best = max(drops, key=lambda d: d.score)
-        assert best.mask[result.dispense.y, result.dispense.x]  # type: ignore[index]
+        assert best.mask.full()[result.dispense.y, result.dispense.x]  # type: ignore[union-attr]
         for crystal in crystals:
-            assert not crystal.mask[result.dispense.y, result.dispense.x]  # type: ignore[index]
+            assert not crystal.mask.full()[result.dispense.y, result.dispense.x]  # type: ignore[union-attr]
 
 
 def test_every_stage_is_timed(results: list[ImageAnalysis]) -> None:
@@ -213,7 +257,7 @@ def test_the_published_threshold_path_gives_identical_detections(
     assert [d.score for d in slow] == [d.score for d in fast.detections]
     assert [d.box for d in slow] == [d.box for d in fast.detections]
     assert all(
-        np.array_equal(a.mask, b.mask)  # type: ignore[arg-type]
+        np.array_equal(a.mask.full(), b.mask.full())  # type: ignore[union-attr]
         for a, b in zip(slow, fast.detections, strict=True)
     )
     assert fast.dispense == reference.dispense

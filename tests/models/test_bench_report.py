@@ -147,3 +147,35 @@ def test_the_machine_is_described() -> None:
     text = bench_report.machine_description()
     assert "cores" in text
     assert "torch" in text
+
+
+def test_interleaved_stages_and_post_processing_by_rule_are_reported() -> None:
+    runs = [
+        run("reference", 0.1),
+        run("fast", 0.2, postprocess_by_rule_ms={"published": 42.0, "original": 120.0}),
+    ]
+    stages = {
+        "reference": {"classifier": 400.0, "detector": 4000.0, "postprocess": 300.0},
+        "fast": {"classifier": 320.0, "detector": 2500.0, "postprocess": 60.0},
+    }
+    paired = [
+        {
+            "flavour": "xchem",
+            "images": 4,
+            "seconds": {"reference": 30.0, "fast": 16.0},
+            "stages_ms": stages,
+            "classifier_ab": {
+                "ms": {"reference": [400.0, 410.0, 390.0], "fast": [300.0, 410.0, 300.0]},
+                "ratios": {"fast": [400 / 300, 1.0, 390 / 300]},
+            },
+        }
+    ]
+    text = "\n".join(report_lines(runs, paired, ("reference", "fast"), "test machine"))
+    # 400 / 320 = 1.25x; 4000 / 2500 = 1.6x; 300 / 60 = 5x
+    assert "interleaved classifier ms/image: reference 400 ms, fast 320 ms -> fast 1.25x" in text
+    assert "interleaved detector ms/image: reference 4000 ms, fast 2500 ms -> fast 1.60x" in text
+    assert "interleaved postprocess ms/image: reference 300 ms, fast 60 ms -> fast 5.00x" in text
+    assert "rules alternated: published rule 42 ms, original rule 120 ms" in text
+    # Medians 400 and 300 ms; 10-90 % ranges by linear interpolation over three calls.
+    assert "classifier A/B, 3 calls each interleaved: reference 400 ms (392-408), fast " in text
+    assert "classifier A/B speed-up of fast per turn: median 1.30x (10-90 %: 1.06x-1.33x)" in text

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from chimp_worker.analysis import DispenseStatus
+from chimp_worker.analysis import CLASS_NAMES, DispenseStatus, MaskCrop
 from chimp_worker.cli import main
-from chimp_worker.geometry import dispense_point, mask_centroid
+from chimp_worker.geometry import published_centroid, published_dispense_point
 from chimp_worker.mock_imager.synthetic import render_micrograph
 from chimp_worker.models import file_sha256
 
@@ -94,22 +94,33 @@ def test_analyse_prints_writes_json_and_overlays_and_reports_a_bad_file(
         assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert entry["top_class"] == max(entry["probabilities"], key=entry["probabilities"].get)
 
-    # The full result: masks decode to what the centroids and the dispense point came from.
+    # The full result: masks decode to what the centroids and the dispense point came from,
+    # the model-input masks by the published rule (the default).
+    assert png["target_rule"] == "published"
     masks = [mask_utils.decode(d["mask_rle"]).astype(bool) for d in png["detections"]]
-    for detection, mask in zip(png["detections"], masks, strict=True):
+    model_masks = [
+        MaskCrop.from_full(mask_utils.decode(d["model_mask_rle"]).astype(bool))
+        for d in png["detections"]
+    ]
+    for detection, mask, model_mask in zip(png["detections"], masks, model_masks, strict=True):
         assert mask.shape == (256, 320)
+        assert model_mask.frame == (1352, 1688)
         assert int(mask.sum()) == detection["mask_area"]
-        centroid = mask_centroid(mask)
+        centroid = published_centroid(model_mask, 256, 320)
         assert detection["centroid_xy"] == (list(centroid) if centroid else None)
     drops = [
         (m, d["score"])
-        for m, d in zip(masks, png["detections"], strict=True)
+        for m, d in zip(model_masks, png["detections"], strict=True)
         if d["label"] == "drop"
     ]
-    crystals = [m for m, d in zip(masks, png["detections"], strict=True) if d["label"] == "crystal"]
+    crystals = [
+        m for m, d in zip(model_masks, png["detections"], strict=True) if d["label"] == "crystal"
+    ]
     assert drops
     assert crystals
-    expected = dispense_point([m for m, _ in drops], [s for _, s in drops], crystals)
+    expected = published_dispense_point(
+        [m for m, _ in drops], [s for _, s in drops], crystals, 256, 320
+    )
     assert png["dispense"]["status"] == expected.status.value
     assert (png["dispense"]["x"], png["dispense"]["y"]) == (expected.x, expected.y)
     # Without a VMXi detector the XChem detector's crystals are the targets.
@@ -215,9 +226,23 @@ def test_overlay_draws_masks_boxes_targets_and_the_dispense_dot() -> None:
         height=height,
         detections=(
             Detection(
-                "drop", 0.9, (30, 20, 169, 99), drop, int(drop.sum()), (100, 60), "xchem_detector"
+                "drop",
+                0.9,
+                (30, 20, 169, 99),
+                MaskCrop.from_full(drop),
+                int(drop.sum()),
+                (100, 60),
+                "xchem_detector",
             ),
-            Detection("crystal", 0.8, (40, 40, 59, 59), crystal, 400, (50, 50), "xchem_detector"),
+            Detection(
+                "crystal",
+                0.8,
+                (40, 40, 59, 59),
+                MaskCrop.from_full(crystal),
+                400,
+                (50, 50),
+                "xchem_detector",
+            ),
         ),
         crystal_targets=(CrystalTarget(50, 50, 0.8, 1),),
         dispense=DispensePoint(DispenseStatus.OK, 130, 70, 29.0, 1),
@@ -228,6 +253,8 @@ def test_overlay_draws_masks_boxes_targets_and_the_dispense_dot() -> None:
     assert tuple(image[70, 130]) == (220, 30, 30)  # the red dispense dot
     assert tuple(image[5, 195]) == (128, 128, 128)  # untouched background
     assert not np.array_equal(image[90, 100], pixels[90, 100])  # the drop mask is tinted
+    assert tuple(image[90, 20]) == (128, 128, 128)  # left of the drop: not tinted
+    assert tuple(image[42, 42]) != tuple(image[90, 100])  # the crystal has its own tint
     assert tuple(image[99, 100]) == (20, 40, 160)  # the drop's dark-blue box edge
     assert render_overlay(pixels, analysis).tobytes() == image.tobytes()  # deterministic
     with pytest.raises(ValueError, match="200 x 120"):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from chimp_worker.analysis import TargetRule
 from chimp_worker.models.detector import (
     build_detector,
     detections_from_output,
@@ -59,12 +60,17 @@ def test_kept_detections_are_scaled_back_to_the_original_image() -> None:
     first = detections[0]
     assert first.box == pytest.approx((200.0, 100.0, 300.0, 200.0))
     assert first.mask is not None
-    assert first.mask.shape == (676, 844)
+    assert first.mask.frame == (676, 844)
     # Model rows 200-399 -> original rows 100-199 exactly (a 2x bilinear shrink averages pairs).
-    rows, cols = np.nonzero(first.mask)
+    rows, cols = np.nonzero(first.mask.full())
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (100, 199, 200, 299)
     assert first.mask_area == 100 * 100
-    assert first.centroid == (250, 150)  # centre 249.5, 149.5 rounds half up
+    # Published rule: model centre (row 299.5, col 499.5) -> (300, 500) -> x 250, y 150.
+    assert first.centroid == (250, 150)
+    assert first.model_mask is not None
+    assert np.array_equal(
+        first.model_mask.full(), probability_map(slice(200, 400), slice(400, 600)) > 0.5
+    )
     assert first.score == pytest.approx(0.95)
     assert first.model_role == "xchem_detector"
 
@@ -89,6 +95,67 @@ def test_unequal_scaling_in_x_and_y_is_kept_apart() -> None:
     assert detection.box == pytest.approx((200.0, 50.0, 400.0, 150.0))
     assert detection.centroid == (300, 100)
     assert detection.label == "crystal"
+
+
+def crystal_output(rows: slice, cols: slice) -> dict[str, torch.Tensor]:
+    box = [float(cols.start), float(rows.start), float(cols.stop), float(rows.stop)]
+    return model_output([box], [0.9], [1], [probability_map(rows, cols)])
+
+
+def vmxi_centroid(output: dict[str, torch.Tensor], rule: TargetRule) -> tuple[int, int] | None:
+    (detection,) = detections_from_output(
+        output,
+        original_height=2028,
+        original_width=2532,
+        labels=label_names(2),
+        score_threshold=0.6,
+        mask_threshold=0.5,
+        target_rule=rule,
+    )
+    return detection.centroid
+
+
+def test_published_rounds_at_the_model_input_and_original_after_resizing() -> None:
+    # A VMXi crystal (2532 x 2028 = 1.5 x 1688 x 1352) on model rows 10-11, columns 100-101.
+    output = crystal_output(slice(10, 12), slice(100, 102))
+    # Published: centre (row 10.5, col 100.5) -> rint, halves to even -> (10, 100)
+    # -> x 100 * 1.5 = 150, y 10 * 1.5 = 15.
+    assert vmxi_centroid(output, TargetRule.PUBLISHED) == (150, 15)
+    # Original: bilinear (half-pixel centres) samples model row (i + 0.5) / 1.5 - 0.5; 0.9 inside
+    # and 0.1 outside cross 0.5 half a pixel out, so rows with 9.5 < that < 11.5 are kept:
+    # 14.5 < i < 17.5 -> rows 15-17, centre 16; likewise columns 150-152, centre 151.
+    assert vmxi_centroid(output, TargetRule.ORIGINAL) == (151, 16)
+
+
+def test_the_default_rule_is_the_published_one() -> None:
+    output = crystal_output(slice(10, 12), slice(100, 102))
+    (detection,) = detections_from_output(
+        output,
+        original_height=2028,
+        original_width=2532,
+        labels=label_names(2),
+        score_threshold=0.6,
+        mask_threshold=0.5,
+    )
+    assert detection.centroid == (150, 15)
+
+
+def test_the_published_rule_keeps_x_and_y_apart_under_unequal_scaling() -> None:
+    # 3376 x 1352: x doubles, y stays. Model rows 11-14 (centre 12.5 -> 12), columns 101-104
+    # (centre 102.5 -> 102 -> 204). The original rule: rows 11-14 unchanged, centre 12.5
+    # rounded up -> 13; columns 202-209, centre 205.5 -> 206.
+    output = crystal_output(slice(11, 15), slice(101, 105))
+    kwargs = {
+        "original_height": 1352,
+        "original_width": 3376,
+        "labels": label_names(2),
+        "score_threshold": 0.6,
+        "mask_threshold": 0.5,
+    }
+    (published,) = detections_from_output(output, **kwargs, target_rule=TargetRule.PUBLISHED)
+    (original,) = detections_from_output(output, **kwargs, target_rule=TargetRule.ORIGINAL)
+    assert published.centroid == (204, 12)
+    assert original.centroid == (206, 13)
 
 
 def test_mask_probability_must_exceed_the_mask_threshold() -> None:
@@ -238,12 +305,21 @@ def test_pasting_kept_masks_around_their_boxes_equals_torchvisions_full_paste() 
             "mask_threshold": 0.5,
         }
         pasted = paste_masks_in_image(small.clone(), boxes, (1352, 1688))
-        reference = detections_from_output({**base, "masks": pasted}, **kwargs)
-        windowed = detections_from_output({**base, "masks": small.clone()}, **kwargs)
-        assert len(windowed) == len(reference) == count
-        for fast, slow in zip(windowed, reference, strict=True):
-            assert fast.mask_area == slow.mask_area
-            assert fast.centroid == slow.centroid
-            assert fast.box == slow.box
-            assert np.array_equal(fast.mask, slow.mask)  # type: ignore[arg-type]
-        assert sum(d.mask_area > 0 for d in windowed) >= count - 1  # the 1-px box may vanish
+        for rule in TargetRule:
+            reference = detections_from_output(
+                {**base, "masks": pasted}, **kwargs, target_rule=rule
+            )
+            windowed = detections_from_output(
+                {**base, "masks": small.clone()}, **kwargs, target_rule=rule
+            )
+            assert len(windowed) == len(reference) == count
+            for index, (fast, slow) in enumerate(zip(windowed, reference, strict=True)):
+                assert fast.mask_area == slow.mask_area
+                assert fast.centroid == slow.centroid
+                assert fast.box == slow.box
+                assert np.array_equal(fast.mask.full(), slow.mask.full())  # type: ignore[union-attr]
+                # The model-input mask is torchvision's pasted map thresholded, bit for bit.
+                expected = pasted[index, 0].numpy() > 0.5
+                assert np.array_equal(fast.model_mask.full(), expected)  # type: ignore[union-attr]
+                assert np.array_equal(slow.model_mask.full(), expected)  # type: ignore[union-attr]
+            assert sum(d.mask_area > 0 for d in windowed) >= count - 1  # a 1-px box may vanish

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from helpers.analysers import PIXEL_STATS_MODEL, PixelStatsAnalyser
 from helpers.replay_world import ReplayWorld, build_world, expected_counts, row_counts
+from sqlalchemy import select, update
 
 from chimp_worker.errors import ConfigError
+from chimp_worker.ispyb.worker_tables import ChimpImageResult
 from chimp_worker.replay import (
     FAILED,
     MODEL_CHANGED,
+    RULE_CHANGED,
     UNPROCESSED,
     ReplayFilters,
     find_backlog,
@@ -153,3 +157,67 @@ def test_interrupted_replay_finishes_the_rest_when_started_again(world):
     assert sum(first_run.calls.values()) + sum(second_run.calls.values()) == 7
     assert set(first_run.calls).isdisjoint(second_run.calls)
     assert row_counts(world.factory) == expected_counts(images=14, inspections=4, samples=6)
+
+
+class PublishedRuleAnalyser(PixelStatsAnalyser):
+    """The same results, computed (as it says) by the published target rule."""
+
+    target_rule = "published"
+
+    def analyse(self, images):  # type: ignore[no-untyped-def]
+        return [replace(result, target_rule="published") for result in super().analyse(images)]
+
+
+def mark_as_old_rule(world: ReplayWorld, inspection_id: int) -> tuple[int, ...]:
+    """What ``worker_0004`` leaves of a result stored before it: rule 'original', and a digest
+    the old code computed (without the rule), which no new result matches."""
+    with world.factory.begin() as session:
+        session.execute(
+            update(ChimpImageResult)
+            .where(ChimpImageResult.containerInspectionId == inspection_id)
+            .values(targetRule="original", resultDigest="0" * 64)
+        )
+    (inspection,) = [
+        i for i in world.plate_a.inspections if i.containerInspectionId == inspection_id
+    ]
+    return inspection.blSampleImageIds
+
+
+def test_results_of_another_target_rule_are_found_and_redone_once(
+    ispyb_sqlite_url: str, tmp_path: Path
+) -> None:
+    world = build_world(ispyb_sqlite_url, tmp_path / "images", PublishedRuleAnalyser())
+    a0 = world.a[0]
+    old = mark_as_old_rule(world, a0)
+    backlog = find_backlog(world.factory, ReplayFilters(), CURRENT, "published")
+    work = {item.containerInspectionId: dict(item.work) for item in backlog.inspections}
+    assert work[a0] == {RULE_CHANGED: old}
+    assert backlog.count(RULE_CHANGED) == 4
+    narrowed = find_backlog(world.factory, ReplayFilters(rule_changed=True), CURRENT, "published")
+    # Plate B's results came from an old model that named no rule: by itself a rule change
+    # too, which --rule-changed alone finds (without it, "model changed" comes first).
+    assert dict(narrowed.inspections[0].work) == {RULE_CHANGED: old}
+    assert dict(narrowed.inspections[1].work) == {
+        RULE_CHANGED: world.plate_b.inspections[0].blSampleImageIds
+    }
+    assert dict(backlog.inspections[-1].work) == {
+        MODEL_CHANGED: world.plate_b.inspections[0].blSampleImageIds
+    }
+    # Without the rule to compare with (an analyser without one), a0 is up to date.
+    assert a0 not in {
+        item.containerInspectionId
+        for item in find_backlog(world.factory, ReplayFilters(), CURRENT).inspections
+    }
+
+    analyser = PublishedRuleAnalyser()
+    summary = process_backlog(narrowed, world.make_pipeline(analyser), chunk_size=3)
+    assert (summary.processed, summary.unchanged) == (6, 0)
+    assert sorted(analyser.calls.values()) == [1] * 6
+    with world.factory() as session:
+        rules = session.scalars(
+            select(ChimpImageResult.targetRule).where(ChimpImageResult.blSampleImageId.in_(old))
+        ).all()
+    assert rules == ["published"] * 4
+    again = find_backlog(world.factory, ReplayFilters(rule_changed=True), CURRENT, "published")
+    assert again.inspections == ()
+    assert row_counts(world.factory)["done"] == 9  # a0 4, a1 3 (one corrupt), b 2: once each

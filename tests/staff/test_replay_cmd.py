@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers.plates import plate_settings
 from helpers.replay_world import ReplayWorld, build_world
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from chimp_worker.baseline import BaselineAnalyser
 from chimp_worker.cli import main
@@ -209,3 +209,31 @@ def test_ctrl_c_prints_the_summary_and_the_same_command_finishes_the_rest(
     assert "processed 4, unchanged 0, failed 0" in out
     assert _state(world)[0] == {"done": 14}
     assert _state(world)[3] == 4
+
+
+def test_rule_changed_finds_results_of_another_target_rule_and_redoes_them(capsys, world):
+    """The baseline computes by the original rule; results marked 'published' (as if a CHiMP
+    worker with the other rule wrote them) are stale, listed under "rule", redone once. Plate
+    B's, from an old test analyser that named no rule, are a rule change too."""
+    a0 = world.a[0]
+    with world.factory.begin() as session:
+        session.execute(
+            update(ChimpImageResult)
+            .where(ChimpImageResult.containerInspectionId == a0)
+            .values(targetRule="published", resultDigest="0" * 64)
+        )
+    code, out = replay(capsys, "--dry-run", "--rule-changed")
+    assert code == 0, out
+    assert listed(out) == {a0: (4, 4, 0, 0, 0), world.b: (2, 2, 0, 0, 0)}
+    assert re.search(rf"^\s*{a0}\s.*\s4\s+$", out, re.MULTILINE), out  # the rule column
+    assert "(0 unprocessed, 0 failed, 0 model changed, 6 rule changed)" in out
+    code, out = replay(capsys, "--local", "--rule-changed")
+    assert code == 0, out
+    assert "images planned 6, processed 6" in out
+    with world.factory() as session:
+        rules = session.scalars(
+            select(ChimpImageResult.targetRule).where(ChimpImageResult.containerInspectionId == a0)
+        ).all()
+    assert rules == ["original"] * 4
+    code, out = replay(capsys, "--dry-run", "--rule-changed")
+    assert "backlog: 0 of 4 matching inspections need work; 0 images" in out

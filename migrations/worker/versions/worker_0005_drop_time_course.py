@@ -10,7 +10,7 @@ is backfilled here: a plate's course is computed when its next inspection comple
 In this branch it revises worker_0002; at merge it is re-chained after worker_0004.
 
 Revision ID: worker_0005
-Revises: worker_0003
+Revises: worker_0004
 Create Date: 2026-12-06 13:57:44.801003
 
 """
@@ -22,7 +22,7 @@ from sqlalchemy.dialects import mysql
 
 # revision identifiers, used by Alembic.
 revision: str = 'worker_0005'
-down_revision: Union[str, Sequence[str], None] = 'worker_0003'
+down_revision: Union[str, Sequence[str], None] = 'worker_0004'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
