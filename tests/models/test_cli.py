@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from chimp_worker.analysis import CLASS_NAMES, DispenseStatus, MaskCrop
+from chimp_worker.analysis import DispenseStatus, MaskCrop
 from chimp_worker.cli import main
 from chimp_worker.geometry import published_centroid, published_dispense_point
 from chimp_worker.mock_imager.synthetic import render_micrograph
