@@ -60,7 +60,7 @@ def test_the_migration_adds_the_rule_and_marks_earlier_results_original(
 ) -> None:
     config = schema.alembic_config("worker")
     previous = ScriptDirectory.from_config(config).get_revision("worker_0004").down_revision
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, create=True)  # the test builds the earlier schema itself
     try:
         with engine.begin() as connection:
             command.upgrade(schema.alembic_config("core", connection), "head")
