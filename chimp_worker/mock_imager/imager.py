@@ -58,11 +58,12 @@ def run_mock_imager(
         with ExitStack() as stack:
             publisher = None
             if publish:
-                from chimp_worker.broker import Publisher
+                from chimp_worker.broker import BrokerOptions, Publisher
 
                 publisher = stack.enter_context(
                     Publisher(
-                        settings, connection_name=f"chimp-worker mock-imager {request.barcode}"
+                        BrokerOptions.from_settings(settings),
+                        connection_name=f"chimp-worker mock-imager {request.barcode}",
                     )
                 )
 

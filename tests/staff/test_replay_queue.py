@@ -9,7 +9,7 @@ from helpers.analysers import PIXEL_STATS_MODEL, PixelStatsAnalyser
 from helpers.replay_world import build_world, expected_counts, row_counts
 from helpers.workers import start_worker
 
-from chimp_worker.broker import Publisher
+from chimp_worker.broker import BrokerOptions, Publisher
 from chimp_worker.events import WorkItem, decode_event
 from chimp_worker.replay import (
     ReplayFilters,
@@ -44,7 +44,7 @@ def test_queue_replay_brings_every_inspection_to_done_once(
     reopened = reopen_done_inspections(world.factory, backlog)
     assert sorted(reopened) == sorted([world.a[1], world.b])
 
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         summary = publish_backlog(backlog, publisher, chunk_size=2)
         # A restarted replay publishes the same work again before any daemon took it.
         publish_backlog(
@@ -60,7 +60,8 @@ def test_queue_replay_brings_every_inspection_to_done_once(
         "replay-unprocessed",
         "replay-model-changed",
     }
-    with Publisher(world.settings) as publisher:  # put them back for the daemon
+    # put them back for the daemon
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         for item in items:
             publisher.publish(item)
 
