@@ -185,14 +185,16 @@ class Pipeline:
     ) -> Pipeline:
         """Database, image source and analyser from settings; pass parts to replace them."""
         from chimp_worker.hits.policy import load_policy
-        from chimp_worker.images import make_image_source
+        from chimp_worker.images import ImageOptions, make_image_source
         from chimp_worker.ispyb.database import make_engine, make_session_factory
 
         policy = load_policy(settings.hit_rule, settings.hit_thresholds_file)
         engine = make_engine(settings.database_url, settings.database_connect_args)
         return cls(
             make_session_factory(engine),
-            image_source if image_source is not None else make_image_source(settings),
+            image_source
+            if image_source is not None
+            else make_image_source(ImageOptions.from_settings(settings)),
             analyser if analyser is not None else make_analyser(settings),
             batch_size=settings.batch_size,
             engine=engine,

@@ -341,6 +341,7 @@ def check_hits_against_truth(settings: Settings, plate: MockPlate) -> tuple[HitC
 
 
 def _write_report(settings: Settings, plate: MockPlate, output: Path) -> tuple[Path, Path]:
+    from chimp_worker.images import ImageOptions
     from chimp_worker.ispyb import queries
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.report import write_html, write_png
@@ -350,6 +351,7 @@ def _write_report(settings: Settings, plate: MockPlate, output: Path) -> tuple[P
         make_image_loader,
     )
 
+    images = ImageOptions.from_settings(settings)
     engine = make_engine(settings.database_url)
     try:
         factory = make_session_factory(engine)
@@ -357,8 +359,8 @@ def _write_report(settings: Settings, plate: MockPlate, output: Path) -> tuple[P
         report = build_plate_report(
             factory,
             found,
-            load_image=make_image_loader(settings, 384),
-            link_image=make_image_linker(settings),
+            load_image=make_image_loader(images, 384),
+            link_image=make_image_linker(images),
             thumbnail_size=384,
         )
     finally:

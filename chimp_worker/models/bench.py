@@ -233,7 +233,7 @@ def measure(
     from torch.utils.flop_counter import FlopCounterMode
 
     from chimp_worker.config import Settings
-    from chimp_worker.images import make_image_source
+    from chimp_worker.images import ImageOptions, make_image_source
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.ispyb.writer import write_image_result
     from chimp_worker.log import configure_logging
@@ -266,7 +266,7 @@ def measure(
     load_s = time.perf_counter() - started
 
     settings = Settings(database_url=f"sqlite:///{plate.database}", image_roots=[plate.image_root])
-    source = make_image_source(settings)
+    source = make_image_source(ImageOptions.from_settings(settings))
     paths = _image_paths(plate)
     analyser.analyse([source.fetch(paths[plate.image_ids[0]], plate.image_ids[0])])  # warm-up
 
@@ -411,7 +411,7 @@ def measure_paired(
     far steadier than that of separate runs. Runs in its own process.
     """
     from chimp_worker.config import Settings
-    from chimp_worker.images import make_image_source
+    from chimp_worker.images import ImageOptions, make_image_source
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.log import configure_logging
     from chimp_worker.models.analyser import AnalysisOptions, ChimpAnalyser, configure_threads
@@ -443,7 +443,7 @@ def measure_paired(
         recorders[configuration] = _Recorder(analyser)
         pipelines[configuration] = Pipeline(
             make_session_factory(engine),
-            make_image_source(settings),
+            make_image_source(ImageOptions.from_settings(settings)),
             recorders[configuration],
             batch_size=options["batch_size"],
             engine=engine,
