@@ -136,9 +136,10 @@ def make_analyser(settings: Settings) -> Analyser:
         from chimp_worker.models import ChimpAnalyser
 
         return ChimpAnalyser.from_settings(settings)
+    from chimp_worker.analysis import AnalysisOptions
     from chimp_worker.baseline import BaselineAnalyser
 
-    analyser = BaselineAnalyser(settings)
+    analyser = BaselineAnalyser(AnalysisOptions.from_settings(settings))
     log.warning(
         "baseline_analyser_running",
         analyser=analyser.name,

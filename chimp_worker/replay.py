@@ -213,9 +213,11 @@ def current_model_checksums(settings: Settings) -> frozenset[str]:
             if p is not None
         ]
         return frozenset(_file_sha256(Path(p)) for p in paths)
+    from chimp_worker.analysis import AnalysisOptions
     from chimp_worker.baseline import BaselineAnalyser
 
-    return frozenset(model.sha256 for model in BaselineAnalyser(settings).models)
+    baseline = BaselineAnalyser(AnalysisOptions.from_settings(settings))
+    return frozenset(model.sha256 for model in baseline.models)
 
 
 def current_target_rule(settings: Settings) -> str:
