@@ -187,10 +187,10 @@ class Pipeline:
         """Database, image source and analyser from settings; pass parts to replace them."""
         from chimp_worker.hits.policy import load_policy
         from chimp_worker.images import ImageOptions, make_image_source
-        from chimp_worker.ispyb.database import make_engine, make_session_factory
+        from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
 
         policy = load_policy(settings.hit_rule, settings.hit_thresholds_file)
-        engine = make_engine(settings.database_url, settings.database_connect_args)
+        engine = engine_for(DatabaseOptions.from_settings(settings))
         return cls(
             make_session_factory(engine),
             image_source

@@ -115,7 +115,7 @@ def hits(
       chimp-worker hits --barcode CQX-0001 --all --format csv > ranked.csv
       chimp-worker hits --barcode CQX-0001 --refresh        # after new thresholds
     """
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.ispyb.hit_queries import HitFilters, course_points, find_hits
     from chimp_worker.report import tables
 
@@ -126,7 +126,7 @@ def hits(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--visit") from None
     settings = app.settings()
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine = engine_for(DatabaseOptions.from_settings(settings))
     try:
         factory = make_session_factory(engine)
         if refresh:

@@ -111,7 +111,7 @@ def replay(
       chimp-worker replay --visit mx12345-6 --model-changed # after installing new weights
       chimp-worker replay --rule-changed --dry-run          # results of the old target rule
     """
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.log import configure_logging
     from chimp_worker.replay import (
         ReplayFilters,
@@ -148,7 +148,7 @@ def replay(
         rule = pipeline.target_rule
         engine = None
     else:
-        engine = make_engine(settings.database_url, settings.database_connect_args)
+        engine = engine_for(DatabaseOptions.from_settings(settings))
         factory = make_session_factory(engine)
         checksums = current_model_checksums(settings)
         rule = current_target_rule(settings)

@@ -91,7 +91,7 @@ def report(
     from chimp_worker.errors import ConfigError, PicturesUnreadableError
     from chimp_worker.images import ImageOptions
     from chimp_worker.ispyb import queries
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.report import write_html, write_png
     from chimp_worker.report.build import (
         ImageLinker,
@@ -114,7 +114,7 @@ def report(
                 f"drop pictures cannot be read: {error}; or pass --no-pictures"
             ) from None
 
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine = engine_for(DatabaseOptions.from_settings(settings))
     try:
         factory = make_session_factory(engine)
         plate = queries.find_plate(factory, barcode=barcode)

@@ -58,7 +58,7 @@ def results(
       chimp-worker results --barcode CQX-0001 --inspections
     """
     from chimp_worker.ispyb import queries
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.report import tables
 
     if barcode is None and inspection_id is None:
@@ -66,7 +66,7 @@ def results(
     if crystals and inspections:
         raise click.UsageError("--crystals and --inspections are separate views: pick one")
     settings = app.settings()
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine = engine_for(DatabaseOptions.from_settings(settings))
     try:
         factory = make_session_factory(engine)
         if barcode is not None:

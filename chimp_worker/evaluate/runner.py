@@ -63,9 +63,9 @@ def run_classifier_evaluation(
     rows = load_rows(labels_csv, label_map, check_files=not from_database, image_root=image_root)
     test_set = Path(labels_csv).stem
     if from_database:
-        from chimp_worker.ispyb.database import make_engine, make_session_factory
+        from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
 
-        engine = make_engine(settings.database_url, settings.database_connect_args)
+        engine = engine_for(DatabaseOptions.from_settings(settings))
         try:
             return evaluate_classifier_database(
                 rows, make_session_factory(engine), schema=schema, test_set=test_set

@@ -262,11 +262,11 @@ def check_against_truth(
 ) -> tuple[DropCheck, ...]:
     """Read the stored results the way staff do and compare each with its ground truth."""
     from chimp_worker.ispyb import queries
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.mock_imager.measure import crystal_hit
 
     inspection_id = inspection_id or plate.latest.containerInspectionId
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine = engine_for(DatabaseOptions.from_settings(settings))
     try:
         factory = make_session_factory(engine)
         found = queries.find_plate(factory, barcode=plate.barcode)
@@ -308,10 +308,10 @@ def check_against_truth(
 
 def check_hits_against_truth(settings: Settings, plate: MockPlate) -> tuple[HitCheck, ...]:
     """Each drop's first hit in the worker's tables against its first true crystal."""
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.ispyb.hit_queries import HitFilters, course_points, find_hits
 
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine = engine_for(DatabaseOptions.from_settings(settings))
     try:
         factory = make_session_factory(engine)
         rows = {
