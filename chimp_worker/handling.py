@@ -26,7 +26,6 @@ The handler never touches pika: it publishes through the ``publish`` function it
 
 from __future__ import annotations
 
-import datetime
 import enum
 import random
 import threading
@@ -60,9 +59,6 @@ from chimp_worker.events import (
     decode_event,
     plan_work_items,
 )
-from chimp_worker.ispyb import progress as db
-from chimp_worker.ispyb.database import database_errors_described, probe_database
-from chimp_worker.ispyb.writer import utcnow
 from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
 from chimp_worker.outage import DatabaseGate
@@ -139,7 +135,7 @@ class MessageHandler:
         self._abandon = abandon  # the grace period ran out: stop at the next image
         self._rng = rng or random.Random()
         self.gate = gate or DatabaseGate(
-            lambda: probe_database(pipeline.session_factory), delay=self.delay, stopping=stopping
+            lambda: pipeline.probe_database(), delay=self.delay, stopping=stopping
         )
         self._local = threading.local()  # the heartbeat of the message this thread handles
 
@@ -176,7 +172,7 @@ class MessageHandler:
             )
         with structlog.contextvars.bound_contextvars(inspection_id=event.containerInspectionId):
             try:
-                with database_errors_described():
+                with self.pipeline.database_errors_described():
                     if isinstance(event, InspectionCompleted):
                         return self._plan(delivery, event)
                     return self._work(delivery, event)  # type: ignore[arg-type]
@@ -208,7 +204,9 @@ class MessageHandler:
             self._publish(item, session_id=delivery.session_id)
         action = Action.ACKED
         if not items:  # nothing left to do: the completion (or its announcement) may be owed
-            outcome = self.retry(lambda: self.pipeline.process(event.containerInspectionId, []))
+            outcome = self.retry(
+                lambda: self.pipeline.complete_inspection(event.containerInspectionId)
+            )
             action = self._announce(delivery, outcome)
         log.info("inspection_planned", work_items=len(items), images=len(image_ids))
         return action
@@ -239,12 +237,10 @@ class MessageHandler:
         """
         if outcome.completed_inspection:
             return True
-        cutoff = None
-        if not delivery.redelivered:
-            cutoff = utcnow() - datetime.timedelta(seconds=ORPHANED_COMPLETION_S)
+        completed_s_ago = None if delivery.redelivered else ORPHANED_COMPLETION_S
         return self.retry(
-            lambda: db.results_pending_publication(
-                self.pipeline.session_factory, outcome.inspection_id, completed_before=cutoff
+            lambda: self.pipeline.results_pending_publication(
+                outcome.inspection_id, completed_s_ago=completed_s_ago
             )
         )
 
@@ -279,11 +275,7 @@ class MessageHandler:
                 log.warning("results_ready_publish_retry", attempt=attempt + 1, error=str(error))
                 self._abandon.wait(self.delay(attempt))
             else:
-                self.retry(
-                    lambda: db.mark_results_published(
-                        self.pipeline.session_factory, outcome.inspection_id
-                    )
-                )
+                self.retry(lambda: self.pipeline.mark_results_published(outcome.inspection_id))
                 log.info(
                     "results_ready_published",
                     images=outcome.image_count,
