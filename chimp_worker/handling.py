@@ -11,8 +11,9 @@
 - a database error no retry is known to fix (``DatabaseError``): requeued, one log line with
   the server's error, never the SQL;
 - an inspection event is planned into work items of ``images_per_work_item`` images that
-  still need work, published with confirms, then acked; a work item goes through
-  ``Pipeline.process`` and is acked after the commit;
+  still need work, published with confirms, then acked (with none left to plan, it asks
+  ``Pipeline.complete_inspection``); a work item goes through ``Pipeline.process`` and is
+  acked after the commit;
 - results-ready (confirms + ``mandatory``) is published by the worker that completes an
   inspection, or by the one handling a redelivered message that finds the inspection done but
   never announced (its completer died between the commit and the publish). It is recorded in
@@ -21,7 +22,9 @@
   possible, a lost one is not.
 
 The handler never touches pika: it publishes through the ``publish`` function it is given
-(the daemon hands that to its I/O thread) and returns an ``Action`` for the I/O thread.
+(the daemon hands that to its I/O thread) and returns an ``Action`` for the I/O thread. Nor
+does it touch the database: the pipeline plans, processes, completes, answers whether
+results-ready is owed, records it, and probes the database for outage holds.
 """
 
 from __future__ import annotations
