@@ -11,7 +11,8 @@ product's own. The hooks only add a pause and a line in an event file at two poi
   write ``written <image id>`` and sleep -- the window for "SIGKILL after a commit, before
   the ack". ``FAULT_HOOK_AFTER_WRITE_LIMIT`` pauses only the first N writes.
 - ``FAULT_HOOK_AFTER_COMPLETE_PAUSE_S``: after the transaction that marked the inspection done
-  (this worker won the completion), write ``completed <inspection id>`` and sleep -- the
+  (this worker won the completion, in ``Pipeline.process`` or a planner's
+  ``Pipeline.complete_inspection``), write ``completed <inspection id>`` and sleep -- the
   window between the completion commit and the results-ready publish.
 - ``FAULT_HOOK_PLAN_PAUSE_S``: after an inspection event has been planned (work items not yet
   published, the event not yet acked), write ``planned <inspection id>`` and sleep -- holds
