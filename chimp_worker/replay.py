@@ -17,7 +17,6 @@ daemons, or process here with the daemon's own ``Pipeline``.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from chimp_worker.checksums import file_sha256
 from chimp_worker.errors import ConfigError
 from chimp_worker.ispyb.database import translate_db_errors
 from chimp_worker.ispyb.queries import as_datetime
@@ -185,22 +185,19 @@ class ReplaySummary:
 # --- model checksums -------------------------------------------------------------------------
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _model_file_sha256(path: Path) -> str:
+    """``file_sha256`` of a configured model file; a file that cannot be read is a config error."""
     try:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as exc:
         raise ConfigError(f"model file {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def current_model_checksums(settings: Settings) -> frozenset[str]:
     """sha256 of the model files the configured analyser would use, without loading torch.
 
-    CHiMP results carry the sha256 of each configured weight file (the same streaming hash as
-    ``models.checkpoints.file_sha256``); the baseline names its own version.
+    CHiMP results carry the sha256 of each configured weight file (``checksums.file_sha256``,
+    the function the models hash with); the baseline names its own version.
     """
     if settings.effective_analyser == "chimp":
         paths = [
@@ -212,7 +209,7 @@ def current_model_checksums(settings: Settings) -> frozenset[str]:
             )
             if p is not None
         ]
-        return frozenset(_file_sha256(Path(p)) for p in paths)
+        return frozenset(_model_file_sha256(Path(p)) for p in paths)
     from chimp_worker.baseline import BaselineAnalyser
 
     return frozenset(model.sha256 for model in BaselineAnalyser(settings).models)
