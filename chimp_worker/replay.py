@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import RowMapping, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.checksums import file_sha256
@@ -228,7 +228,7 @@ def current_target_rule(settings: Settings) -> str:
 # --- finding the backlog ---------------------------------------------------------------------
 
 
-def _visit_of(row: Mapping[str, Any]) -> str | None:
+def _visit_of(row: RowMapping) -> str | None:
     if not row["proposalCode"] or not row["proposalNumber"]:
         return None
     number = row["visit_number"]
@@ -237,7 +237,7 @@ def _visit_of(row: Mapping[str, Any]) -> str | None:
     )
 
 
-def _inspection_rows(session: Session, filters: ReplayFilters) -> list[Mapping[str, Any]]:
+def _inspection_rows(session: Session, filters: ReplayFilters) -> Sequence[RowMapping]:
     """Completed inspections passing ``filters``, with their plate and visit, oldest first."""
     inspection, container = t.ContainerInspection, t.Container
     completed = func.coalesce(inspection.completedTimeStamp, inspection.blTimeStamp)
@@ -276,7 +276,7 @@ def _inspection_rows(session: Session, filters: ReplayFilters) -> list[Mapping[s
             inspection.containerInspectionId.in_(list(filters.inspection_ids))
         )
     statement = statement.order_by(completed, inspection.containerInspectionId)
-    return list(session.execute(statement).mappings().all())
+    return session.execute(statement).mappings().all()
 
 
 def find_backlog(
