@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from chimp_worker.errors import NotFoundError
 from chimp_worker.ispyb.database import translate_db_errors
 from chimp_worker.ispyb.queries import as_datetime
-from chimp_worker.report.model import PlateLayout
+from chimp_worker.plate_layout import PlateLayout
 
 # --- SQL (quoted in docs/hits.md) -------------------------------------------------------------
 

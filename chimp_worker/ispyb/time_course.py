@@ -40,7 +40,7 @@ from chimp_worker.ispyb.worker_tables import (
     ChimpInspection,
 )
 from chimp_worker.ispyb.writer import utcnow
-from chimp_worker.report.model import PlateLayout
+from chimp_worker.plate_layout import PlateLayout
 
 
 @dataclass(frozen=True)
