@@ -80,7 +80,8 @@ class CommandFailed(click.ClickException):
 
     def __init__(self, result: Failure) -> None:
         super().__init__(result.message)
-        self.exit_code = result.status
+        # click declares exit_code a ClassVar, yet reads it from the instance it catches
+        self.exit_code = result.status  # type: ignore[misc]  # each failure has its own status
         self.reason = result.reason
 
     def show(self, file: Any = None) -> None:
