@@ -280,13 +280,13 @@ def check_against_truth(
             continue
         image = images[result.blSampleImageId]
         truth = image.truth
-        drops = [d for d in result.detections if d.label == "drop" and d.centroid]
-        drop_found = truth.drop_contains(*drops[0].centroid) if drops else None
-        has_point = result.dispenseX is not None and result.dispenseY is not None
+        drop_centres = [d.centroid for d in result.detections if d.label == "drop" and d.centroid]
+        drop_found = truth.drop_contains(*drop_centres[0]) if drop_centres else None
+        point_x, point_y = result.dispenseX, result.dispenseY
         inside = on_crystal = None
-        if has_point:
-            inside = truth.drop_contains(result.dispenseX, result.dispenseY)
-            on_crystal = truth.crystal_at(result.dispenseX, result.dispenseY) is not None
+        if point_x is not None and point_y is not None:
+            inside = truth.drop_contains(point_x, point_y)
+            on_crystal = truth.crystal_at(point_x, point_y) is not None
         targets = [(t.x, t.y) for t in result.targets]
         checks.append(
             DropCheck(
