@@ -180,9 +180,10 @@ class ImageAnalysis:
 
     @property
     def top_class(self) -> str | None:
-        if not self.probabilities:
+        probabilities = self.probabilities
+        if not probabilities:
             return None
-        return max(self.probabilities, key=lambda name: self.probabilities[name])  # type: ignore[index]
+        return max(probabilities, key=lambda name: probabilities[name])
 
 
 @dataclass(frozen=True, eq=False)

@@ -140,7 +140,7 @@ def _with_global_options(command: click.Command) -> click.Command:
         return command
     taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
     command.params.extend(option for option in _global_options() if not set(option.opts) & taken)
-    command._chimp_global_options = True  # type: ignore[attr-defined]
+    command._chimp_global_options = True  # type: ignore[attr-defined]  # our marker on click's object
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _with_global_options(sub)

@@ -163,8 +163,10 @@ def _well_and_drop(row: RowMapping) -> tuple[str | None, int | None]:
 
 
 def _location_order(location: str | None) -> int:
+    if location is None:
+        return 10**9
     try:
-        return int(location)  # type: ignore[arg-type]
+        return int(location)
     except (TypeError, ValueError):
         return 10**9
 

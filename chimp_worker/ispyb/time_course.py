@@ -432,8 +432,10 @@ def _new_hits(session: Session, plate: _Plate, inspection_id: int) -> tuple[Drop
 
 def locate(layout: PlateLayout, location: str | None) -> tuple[str | None, int | None]:
     """Well name and drop number of a BLSample.location; (None, None) when it does not fit."""
+    if location is None:
+        return None, None
     try:
-        position = layout.locate(int(location))  # type: ignore[arg-type]
+        position = layout.locate(int(location))
     except (TypeError, ValueError):
         return None, None
     return position.well, position.drop

@@ -105,14 +105,18 @@ class HitSummary:
     @classmethod
     def of(cls, checks: tuple[HitCheck, ...]) -> HitSummary:
         crystal = [c for c in checks if c.truth_first is not None]
-        called = [c for c in crystal if c.first_hit is not None]
+        called = [
+            (c.first_hit, c.truth_first)
+            for c in crystal
+            if c.first_hit is not None and c.truth_first is not None
+        ]
         return cls(
             drops=len(checks),
             crystal_drops=len(crystal),
             exact=sum(c.agrees for c in checks),
             crystal_exact=sum(c.agrees for c in crystal),
-            early=sum(c.first_hit < c.truth_first for c in called),  # type: ignore[operator]
-            late=sum(c.first_hit > c.truth_first for c in called),  # type: ignore[operator]
+            early=sum(first_hit < truth_first for first_hit, truth_first in called),
+            late=sum(first_hit > truth_first for first_hit, truth_first in called),
             missed=len(crystal) - len(called),
             false_hits=sum(c.truth_first is None and c.first_hit is not None for c in checks),
         )
