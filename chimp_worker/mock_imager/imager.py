@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect
 
 from chimp_worker.config import Settings
 from chimp_worker.errors import DatabaseSchemaError
@@ -104,7 +104,7 @@ def run_mock_imager(
         engine.dispose()
 
 
-def require_core_tables(engine: object) -> None:
+def require_core_tables(engine: Engine) -> None:
     """A clear error instead of "no such table" when the database has no ISPyB schema."""
     with translate_db_errors():
         tables = set(inspect(engine).get_table_names())
