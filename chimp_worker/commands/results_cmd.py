@@ -83,7 +83,7 @@ def results(
         }
         if inspections:
             rows = tables.inspection_rows(queries.plate_inspections(factory, plate))
-            columns = tables.INSPECTION_COLUMNS
+            columns: tuple[str, ...] = tables.INSPECTION_COLUMNS
             title = tables.plate_title(plate, "inspections")
         elif crystals:
             rows = tables.target_rows(queries.crystal_targets(factory, plate, inspection_id))

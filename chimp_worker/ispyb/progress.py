@@ -26,9 +26,9 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import CursorResult, Update, case, func, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -51,6 +51,11 @@ class InspectionImage:
     micronsPerPixelX: float | None
     micronsPerPixelY: float | None
     location: str | None  # BLSample.location: the drop's linear index on the plate
+
+
+def _rows_updated(session: Session, statement: Update) -> int:
+    """How many rows an UPDATE matched: the compare-and-set answer the rules below rely on."""
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount
 
 
 def _require_inspection(session: Session, inspection_id: int) -> None:
@@ -325,16 +330,18 @@ def try_complete_inspection(session_factory: sessionmaker[Session], inspection_i
             "completedAt": utcnow(),
             "resultsPublishedAt": None,
         }
-        result = session.execute(
+        changed = _rows_updated(
+            session,
             update(ChimpInspection)
             .where(ChimpInspection.containerInspectionId == inspection_id)
             .where(ChimpInspection.state == "pending")
             .values(**summary)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        if result.rowcount == 1:
+        if changed == 1:
             return True
-        refreshed = session.execute(
+        refreshed = _rows_updated(
+            session,
             update(ChimpInspection)
             .where(
                 ChimpInspection.containerInspectionId == inspection_id,
@@ -346,9 +353,9 @@ def try_complete_inspection(session_factory: sessionmaker[Session], inspection_i
                 ),
             )
             .values(**summary)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return refreshed.rowcount == 1
+        return refreshed == 1
 
 
 def results_pending_publication(
@@ -381,25 +388,27 @@ def results_pending_publication(
 def mark_results_published(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
     """Record that the broker confirmed results-ready; False if already recorded (or reopened)."""
     with transaction(session_factory) as session:
-        result = session.execute(
+        changed = _rows_updated(
+            session,
             update(ChimpInspection)
             .where(ChimpInspection.containerInspectionId == inspection_id)
             .where(ChimpInspection.state == "done")
             .where(ChimpInspection.resultsPublishedAt.is_(None))
             .values(resultsPublishedAt=utcnow())
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return result.rowcount == 1
+        return changed == 1
 
 
 def reopen_inspection(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
     """Set a done inspection back to pending (a replay), so its completion fires once more."""
     with transaction(session_factory) as session:
-        result = session.execute(
+        changed = _rows_updated(
+            session,
             update(ChimpInspection)
             .where(ChimpInspection.containerInspectionId == inspection_id)
             .where(ChimpInspection.state == "done")
             .values(state="pending", completedAt=None, resultsPublishedAt=None)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return result.rowcount == 1
+        return changed == 1
