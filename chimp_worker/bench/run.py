@@ -6,7 +6,7 @@ that measures, on the same images: model-load time, the models' own rate, every 
 milliseconds, achieved GFLOP/s (``torch.utils.flop_counter``) against a measured fp32 matmul
 rate, database writes, the whole pipeline (``Pipeline.process``) and peak RSS. The parent
 compares the configurations' outputs and prints the issue's targets with PASS/FAIL
-(``bench_report``). A script that prints, never a test.
+(``bench.report``). A script that prints, never a test.
 """
 
 from __future__ import annotations
