@@ -203,16 +203,9 @@ def current_model_checksums(settings: Settings) -> frozenset[str]:
     ``models.checkpoints.file_sha256``); the baseline names its own version.
     """
     if settings.effective_analyser == "chimp":
-        paths = [
-            p
-            for p in (
-                settings.classifier_path,
-                settings.vmxi_detector_path,
-                settings.xchem_detector_path,
-            )
-            if p is not None
-        ]
-        return frozenset(_file_sha256(Path(p)) for p in paths)
+        from chimp_worker.detector_kinds import configured_model_files
+
+        return frozenset(_file_sha256(f.path) for f in configured_model_files(settings))
     from chimp_worker.baseline import BaselineAnalyser
 
     return frozenset(model.sha256 for model in BaselineAnalyser(settings).models)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from chimp_worker.analysis import DecodedImage, ImageAnalysis
+from chimp_worker.detector_kinds import detector_kind
 
 __all__ = ["CONFIGURATIONS", "BenchPlate", "BenchSetup", "prepare_bench", "run_bench"]
 
@@ -52,7 +53,6 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "bf16": ("opt-in: the defaults under bf16 autocast", {"precision": "bf16"}),
 }
-ROLES = {"vmxi": "vmxi_detector", "xchem": "xchem_detector"}
 PLATE_IMAGES = 288
 
 
@@ -250,7 +250,7 @@ def measure(
     configure_logging("WARNING", "auto")
     _count_fused_linear_flops()
     plate = setup.plates[flavour]
-    role = ROLES[flavour]
+    role = detector_kind(flavour).role
     configure_threads(setup.threads)
     rate = matmul_gflops()
     rate_bf16 = matmul_gflops(dtype="bfloat16") if bf16_supported() else None
@@ -260,7 +260,7 @@ def measure(
     started = time.perf_counter()
     analyser = ChimpAnalyser(
         classifier=load_classifier(setup.classifier),
-        **{role: load_detector(setup.detectors[flavour], 2 if flavour == "vmxi" else 3)},
+        detectors={flavour: load_detector(setup.detectors[flavour], kind=flavour)},
         options=AnalysisOptions(**options),
     )
     load_s = time.perf_counter() - started
@@ -422,7 +422,7 @@ def measure_paired(
     configure_logging("WARNING", "auto")
     configure_threads(setup.threads)
     plate = setup.plates[flavour]
-    role = ROLES[flavour]
+    role = detector_kind(flavour).role
     settings = Settings(database_url=f"sqlite:///{plate.database}", image_roots=[plate.image_root])
     pipelines = {}
     recorders: dict[str, _Recorder] = {}
@@ -434,7 +434,7 @@ def measure_paired(
         }
         analyser = ChimpAnalyser(
             classifier=load_classifier(setup.classifier),
-            **{role: load_detector(setup.detectors[flavour], 2 if flavour == "vmxi" else 3)},
+            detectors={flavour: load_detector(setup.detectors[flavour], kind=flavour)},
             options=AnalysisOptions(**options),
         )
         copy = plate.database.with_name(f"paired-{configuration}.sqlite")

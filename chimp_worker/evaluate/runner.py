@@ -8,6 +8,12 @@ from pathlib import Path
 
 from chimp_worker.analysis import CHIMP_SCHEMA
 from chimp_worker.config import Settings
+from chimp_worker.detector_kinds import (
+    CLASSIFIER,
+    DETECTOR_KINDS,
+    configured_model_files,
+    detector_kind,
+)
 from chimp_worker.errors import ConfigError, DatasetError
 from chimp_worker.evaluate.classifier import (
     ClassifierEvaluation,
@@ -107,25 +113,20 @@ def detector_path(settings: Settings, model_path: Path | None, flavour: str | No
     """--model, else the configured detector of --flavour, else the only configured one."""
     if model_path is not None:
         return model_path
-    configured = {
-        "vmxi": settings.vmxi_detector_path,
-        "xchem": settings.xchem_detector_path,
-    }
+    configured = {f.kind: f.path for f in configured_model_files(settings) if f.kind != CLASSIFIER}
     if flavour is not None:
-        path = configured[flavour]
+        path = configured.get(flavour)
         if path is None:
-            raise ConfigError(
-                f"{flavour}_detector_path [CHIMP_{flavour.upper()}_DETECTOR_PATH] is not set; "
-                "give --model"
-            )
+            alias = detector_kind(flavour).alias_setting
+            also = f" (or {alias} [CHIMP_{alias.upper()}])" if alias else ""
+            raise ConfigError(f"detector_paths.{flavour}{also} is not set; give --model")
         return path
-    present = [p for p in configured.values() if p is not None]
-    if len(present) != 1:
+    if len(configured) != 1:
         raise ConfigError(
-            "give --model, or --flavour vmxi|xchem to pick a configured detector "
-            f"({len(present)} detector paths are configured)"
+            f"give --model, or --flavour {'|'.join(DETECTOR_KINDS)} to pick a configured "
+            f"detector ({len(configured)} detector paths are configured)"
         )
-    return present[0]
+    return next(iter(configured.values()))
 
 
 def run_detector_evaluation(
