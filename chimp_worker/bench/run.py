@@ -233,7 +233,6 @@ def measure(
     from torch.utils.flop_counter import FlopCounterMode
 
     from chimp_worker.config import Settings
-    from chimp_worker.images import make_image_source
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.ispyb.writer import write_image_result
     from chimp_worker.log import configure_logging
@@ -246,6 +245,7 @@ def measure(
     from chimp_worker.models.classifier import load_classifier
     from chimp_worker.models.detector import load_detector
     from chimp_worker.pipeline import Pipeline
+    from chimp_worker.wiring import make_image_source
 
     configure_logging("WARNING", "auto")
     _count_fused_linear_flops()
@@ -411,13 +411,13 @@ def measure_paired(
     far steadier than that of separate runs. Runs in its own process.
     """
     from chimp_worker.config import Settings
-    from chimp_worker.images import make_image_source
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.log import configure_logging
     from chimp_worker.models.analyser import AnalysisOptions, ChimpAnalyser, configure_threads
     from chimp_worker.models.classifier import load_classifier
     from chimp_worker.models.detector import load_detector
     from chimp_worker.pipeline import Pipeline
+    from chimp_worker.wiring import make_image_source
 
     configure_logging("WARNING", "auto")
     configure_threads(setup.threads)

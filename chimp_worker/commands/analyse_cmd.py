@@ -65,11 +65,11 @@ def analyse(
     settings = app.settings(**overrides)
 
     from chimp_worker.errors import ChimpError
-    from chimp_worker.models import ChimpAnalyser
     from chimp_worker.models.files import analyse_files, analysis_as_dict
     from chimp_worker.overlay import write_overlay
+    from chimp_worker.wiring import make_chimp_analyser
 
-    analyser = ChimpAnalyser.from_settings(settings)
+    analyser = make_chimp_analyser(settings)
     outcomes = []
     for outcome in analyse_files(
         list(images),

@@ -69,12 +69,12 @@ def run_classifier_evaluation(
     rows = load_rows(labels_csv, label_map, check_files=not from_database, image_root=image_root)
     test_set = Path(labels_csv).stem
     if from_database:
-        from chimp_worker.ispyb.database import make_engine, make_session_factory
+        from chimp_worker.wiring import make_database
 
-        engine = make_engine(settings.database_url, settings.database_connect_args)
+        engine, session_factory = make_database(settings)
         try:
             return evaluate_classifier_database(
-                rows, make_session_factory(engine), schema=schema, test_set=test_set
+                rows, session_factory, schema=schema, test_set=test_set
             )
         finally:
             engine.dispose()
@@ -194,15 +194,14 @@ def run_hits_evaluation(
     model files are configured, else the baseline) and its configured thresholds, or with
     thresholds chosen on ``val_csv`` / a held-out split."""
     from chimp_worker.evaluate.hits import evaluate_hits
-    from chimp_worker.hits.policy import load_policy
-    from chimp_worker.pipeline import make_analyser
+    from chimp_worker.wiring import make_analyser, make_hit_policy
 
     rows = load_rows(labels_csv, label_map, image_root=image_root)
     validation = load_rows(val_csv, label_map, image_root=image_root) if val_csv else None
     if validation is not None:
         choose = True
     analyser = make_analyser(settings)
-    policy = load_policy(settings.hit_rule, settings.hit_thresholds_file)
+    policy = make_hit_policy(settings)
     return evaluate_hits(
         analyser,
         rows,
