@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from chimp_worker.config import Settings
     from chimp_worker.events import ResultsReady
     from chimp_worker.images import ImageSource
     from chimp_worker.ispyb.progress import InspectionImage
@@ -140,28 +139,6 @@ class _Fetched:
     seconds: float = 0.0
 
 
-def make_analyser(settings: Settings) -> Analyser:
-    """CHiMP models when model files are configured (or asked for), else the weight-free
-    baseline; torch is imported only for CHiMP."""
-    if settings.effective_analyser == "chimp":
-        from chimp_worker.models import ChimpAnalyser
-
-        return ChimpAnalyser.from_settings(settings)
-    from chimp_worker.baseline import BaselineAnalyser
-
-    analyser = BaselineAnalyser(settings)
-    log.warning(
-        "baseline_analyser_running",
-        analyser=analyser.name,
-        schema=analyser.schema_name,
-        why="analyser=baseline" if settings.analyser == "baseline" else "no model files set",
-        queueable_targets=settings.baseline_writes_targets,
-        fix="set CHIMP_CLASSIFIER_PATH and CHIMP_VMXI_DETECTOR_PATH / CHIMP_XCHEM_DETECTOR_PATH "
-        "for the CHiMP models",
-    )
-    return analyser
-
-
 class Pipeline:
     """Analyses images of an inspection and writes the results; safe to call from threads."""
 
@@ -185,32 +162,6 @@ class Pipeline:
         self.analyser = analyser
         self.batch_size = max(1, batch_size)
         self._engine = engine
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        *,
-        analyser: Analyser | None = None,
-        image_source: ImageSource | None = None,
-    ) -> Pipeline:
-        """Database, image source and analyser from settings; pass parts to replace them."""
-        from chimp_worker.hits.policy import load_policy
-        from chimp_worker.images import make_image_source
-        from chimp_worker.ispyb.database import make_engine, make_session_factory
-
-        policy = load_policy(settings.hit_rule, settings.hit_thresholds_file)
-        engine = make_engine(settings.database_url, settings.database_connect_args)
-        return cls(
-            make_session_factory(engine),
-            image_source if image_source is not None else make_image_source(settings),
-            analyser if analyser is not None else make_analyser(settings),
-            batch_size=settings.batch_size,
-            engine=engine,
-            baseline_writes_targets=settings.baseline_writes_targets,
-            image_deadline_s=settings.image_deadline_s,
-            hit_policy=policy,
-        )
 
     @property
     def engine(self) -> Engine | None:

@@ -201,16 +201,9 @@ def current_model_checksums(settings: Settings) -> frozenset[str]:
     the function the models hash with); the baseline names its own version.
     """
     if settings.effective_analyser == "chimp":
-        paths = [
-            p
-            for p in (
-                settings.classifier_path,
-                settings.vmxi_detector_path,
-                settings.xchem_detector_path,
-            )
-            if p is not None
-        ]
-        return frozenset(_model_file_sha256(Path(p)) for p in paths)
+        from chimp_worker.detector_kinds import configured_model_files
+
+        return frozenset(_model_file_sha256(f.path) for f in configured_model_files(settings))
     from chimp_worker.baseline import BaselineAnalyser
 
     return frozenset(model.sha256 for model in BaselineAnalyser(settings).models)

@@ -90,7 +90,6 @@ def report(
 
     from chimp_worker.errors import ConfigError, PicturesUnreadableError
     from chimp_worker.ispyb import queries
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.report import write_html, write_png
     from chimp_worker.report.build import (
         ImageLinker,
@@ -99,6 +98,7 @@ def report(
         make_image_linker,
         make_image_loader,
     )
+    from chimp_worker.wiring import make_database
 
     settings = app.settings()
     out = out or Path(f"plate-{_safe_name(barcode)}.html")
@@ -112,9 +112,8 @@ def report(
                 f"drop pictures cannot be read: {error}; or pass --no-pictures"
             ) from None
 
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine, factory = make_database(settings)
     try:
-        factory = make_session_factory(engine)
         plate = queries.find_plate(factory, barcode=barcode)
         with Progress(
             TextColumn("building report"),

@@ -187,7 +187,7 @@ def run_demo(
     from chimp_worker.ispyb import schema
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.mock_imager.http_server import ImageServer
-    from chimp_worker.pipeline import Pipeline
+    from chimp_worker.wiring import make_pipeline
 
     started = time.perf_counter()
     local = demo_settings(settings, options)
@@ -222,7 +222,7 @@ def run_demo(
         if options.over_http:
             server = stack.enter_context(ImageServer(image_root))
             local = local.model_copy(update={"image_url_template": server.url_template})
-        pipeline = Pipeline.from_settings(local)
+        pipeline = make_pipeline(local)
         stack.callback(pipeline.close)
         log.info(
             "demo_processing",

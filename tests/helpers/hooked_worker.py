@@ -83,11 +83,12 @@ def install_hooks() -> None:
     import chimp_worker.ispyb.progress as progress
     import chimp_worker.ispyb.writer as writer
     import chimp_worker.pipeline as pipeline
+    import chimp_worker.wiring as wiring
 
     choice = os.environ.get("FAULT_HOOK_ANALYSER", "configured")
     analyse_pause = float(os.environ.get("FAULT_HOOK_ANALYSE_PAUSE_S", "0"))
     analyse_hang_on = os.environ.get("FAULT_HOOK_ANALYSE_HANG_ON", "")
-    original_make_analyser = pipeline.make_analyser
+    original_make_analyser = wiring.make_analyser
 
     def make_analyser(settings: Any) -> Any:
         if choice == "pixel-stats":
@@ -101,7 +102,7 @@ def install_hooks() -> None:
             return _PausingAnalyser(analyser, analyse_pause, analyse_hang_on)
         return analyser
 
-    pipeline.make_analyser = make_analyser
+    wiring.make_analyser = make_analyser
 
     write_pause = float(os.environ.get("FAULT_HOOK_AFTER_WRITE_PAUSE_S", "0"))
     write_limit = int(os.environ.get("FAULT_HOOK_AFTER_WRITE_LIMIT", "1000000"))
