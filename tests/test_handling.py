@@ -50,6 +50,7 @@ from chimp_worker.ispyb.worker_tables import ChimpInspection
 from chimp_worker.metrics import WorkerMetrics
 from chimp_worker.mock_imager.plate import MockPlate
 from chimp_worker.pipeline import Pipeline
+from chimp_worker.wiring import make_pipeline
 
 EVENTS = "test.events"
 WORK = "test.work"
@@ -154,7 +155,7 @@ def make_world(url: str, image_root: Path, **overrides: Any) -> Iterator[Handler
     }
     values.update(overrides)
     settings = plate_settings(url, image_root, **values)
-    pipeline = Pipeline.from_settings(settings, analyser=PixelStatsAnalyser())
+    pipeline = make_pipeline(settings, analyser=PixelStatsAnalyser())
     publish = RecordingPublish()
     stopping, abandon = threading.Event(), threading.Event()
     handler = MessageHandler(
