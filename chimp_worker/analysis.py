@@ -183,9 +183,10 @@ class ImageAnalysis:
 
     @property
     def top_class(self) -> str | None:
-        if not self.probabilities:
+        probabilities = self.probabilities
+        if not probabilities:
             return None
-        return max(self.probabilities, key=lambda name: self.probabilities[name])  # type: ignore[index]
+        return max(probabilities, key=lambda name: probabilities[name])
 
 
 @dataclass(frozen=True, eq=False)
@@ -260,12 +261,25 @@ class AnalysisOptions:
 
 
 class Analyser(Protocol):
-    """Turns decoded images into analyses. Implementations: CHiMP models, the baseline."""
+    """Turns decoded images into analyses. Implementations: CHiMP models, the baseline.
 
-    name: str
-    schema_name: str
-    models: tuple[ModelRef, ...]
-    target_rule: str | None  # the TargetRule its results carry; part of what makes them stale
+    Its descriptive members are read-only here (properties) so that an implementation may
+    declare them narrower, as the baseline's ``target_rule: str`` is; callers never set them.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def schema_name(self) -> str: ...
+
+    @property
+    def models(self) -> tuple[ModelRef, ...]: ...
+
+    @property
+    def target_rule(self) -> str | None:
+        """The TargetRule its results carry; part of what makes them stale."""
+        ...
 
     def analyse(self, images: Sequence[DecodedImage]) -> list[ImageAnalysis]:
         """One ImageAnalysis per image, in order. Raises only for model-level faults."""

@@ -80,7 +80,8 @@ class CommandFailed(click.ClickException):
 
     def __init__(self, result: Failure) -> None:
         super().__init__(result.message)
-        self.exit_code = result.status
+        # click declares exit_code a ClassVar, yet reads it from the instance it catches
+        self.exit_code = result.status  # type: ignore[misc]  # each failure has its own status
         self.reason = result.reason
 
     def show(self, file: Any = None) -> None:
@@ -139,7 +140,7 @@ def _with_global_options(command: click.Command) -> click.Command:
         return command
     taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
     command.params.extend(option for option in _global_options() if not set(option.opts) & taken)
-    command._chimp_global_options = True  # type: ignore[attr-defined]
+    command._chimp_global_options = True  # type: ignore[attr-defined]  # our marker on click's object
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _with_global_options(sub)

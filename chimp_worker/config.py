@@ -37,6 +37,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from chimp_worker.detector_kinds import DETECTOR_KINDS, configured_model_files, detector_kind
 from chimp_worker.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///chimp-worker.sqlite"
@@ -130,8 +131,13 @@ class Settings(BaseSettings):
         "auto", description="auto: CHiMP models when model files are set, else the baseline"
     )
     classifier_path: Path | None = None
-    vmxi_detector_path: Path | None = None
-    xchem_detector_path: Path | None = None
+    detector_paths: dict[str, Path] = Field(
+        default_factory=dict,
+        description="model file per detector kind, e.g. {vmxi: ..., xchem: ...} "
+        "(the kinds: chimp_worker/detector_kinds.py, docs/models.md)",
+    )
+    vmxi_detector_path: Path | None = Field(None, description="alias of detector_paths.vmxi")
+    xchem_detector_path: Path | None = Field(None, description="alias of detector_paths.xchem")
     classifier_input_size: int = Field(512, ge=32, le=2048)
     score_threshold: float = Field(0.6, ge=0.0, le=1.0)
     mask_threshold: float = Field(0.5, ge=0.0, le=1.0)
@@ -265,6 +271,35 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("detector_paths")
+    @classmethod
+    def _known_detector_kinds(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for name in value:
+            detector_kind(name)  # ValueError naming the known kinds
+        return value
+
+    @model_validator(mode="after")
+    def _detector_aliases(self) -> Settings:
+        """Fold the older flat settings (``vmxi_detector_path``...) into ``detector_paths``,
+        and show each configured kind under its alias too, so both names read the same."""
+        paths = dict(self.detector_paths)
+        for kind in DETECTOR_KINDS.values():
+            alias = kind.alias_setting
+            value = getattr(self, alias, None) if alias else None
+            if value is None:
+                continue
+            if paths.get(kind.name, value) != value:
+                raise ValueError(
+                    f"{alias} and detector_paths.{kind.name} name different files; set one"
+                )
+            paths[kind.name] = value
+        paths = {name: paths[name] for name in DETECTOR_KINDS if name in paths}  # their order
+        object.__setattr__(self, "detector_paths", paths)
+        for kind in DETECTOR_KINDS.values():
+            if kind.alias_setting and kind.name in paths:
+                object.__setattr__(self, kind.alias_setting, paths[kind.name])
+        return self
+
     @model_validator(mode="after")
     def _credentials_file_wins(self) -> Settings:
         if self.ispyb_credentials is not None:
@@ -289,7 +324,7 @@ class Settings(BaseSettings):
 
     @property
     def has_model_files(self) -> bool:
-        return any((self.classifier_path, self.vmxi_detector_path, self.xchem_detector_path))
+        return bool(configured_model_files(self))
 
     @property
     def effective_analyser(self) -> Literal["chimp", "baseline"]:
@@ -491,6 +526,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def detector_path_overrides(settings: Settings, given: dict[str, Path]) -> dict[str, Any]:
+    """Overrides that replace the detector files of the kinds in ``given`` (from the command
+    line) and keep the others ``settings`` has, the aliases included so none conflicts."""
+    paths = {**settings.detector_paths, **given}
+    overrides: dict[str, Any] = {"detector_paths": paths}
+    for kind in DETECTOR_KINDS.values():
+        if kind.alias_setting:
+            overrides[kind.alias_setting] = paths.get(kind.name)
+    return overrides
+
+
 def default_config_file() -> Path | None:
     """The facility-wide settings file, when there is one."""
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
@@ -550,6 +596,10 @@ def _sources(
             sources[name] = f"file {config_file}"
         else:
             sources[name] = "default"
+    for kind in DETECTOR_KINDS.values():
+        alias = kind.alias_setting
+        if alias and sources.get(alias) == "default" and kind.name in settings.detector_paths:
+            sources[alias] = f"alias of detector_paths.{kind.name}"
     if settings.ispyb_credentials is not None:
         sources["database_url"] = f"ISPyB credentials file {settings.ispyb_credentials}"
     if settings.amqp_credentials is not None:

@@ -66,6 +66,7 @@ from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
 from chimp_worker.pipeline import Pipeline
 from chimp_worker.sdnotify import SystemdNotifier
+from chimp_worker.wiring import make_pipeline
 
 log = get_logger(__name__)
 
@@ -588,7 +589,7 @@ def run_daemon(
 ) -> int:
     """``chimp-worker run``: build the pipeline, consume until a signal or a limit; exit 0."""
     quiet_pika_logging()
-    pipeline = Pipeline.from_settings(settings)
+    pipeline = make_pipeline(settings)
     try:
         unreachable = pipeline.engine and check_database_access(
             pipeline.engine, pipeline.analyser.schema_name, analyser=pipeline.analyser.name

@@ -141,7 +141,7 @@ Event = InspectionCompleted | WorkItem | ResultsReady
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls for cls in (InspectionCompleted, WorkItem, ResultsReady)
 }
-_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+_ADAPTERS: dict[str, TypeAdapter[Event]] = {
     name: TypeAdapter(cls) for name, cls in EVENT_TYPES.items()
 }
 # The version each type is written with, and the versions a reader accepts.

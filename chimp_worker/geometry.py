@@ -283,15 +283,15 @@ def published_dispense_point(
                 drops_seen=drops_seen,
             )
 
-    row, col = np.unravel_index(int(np.argmax(distances)), distances.shape)
-    best_clearance = float(distances[row, col]) * scale
+    best_row, best_col = divmod(int(np.argmax(distances)), distances.shape[1])
+    best_clearance = float(distances[best_row, best_col]) * scale
     if best_clearance <= 0 or best_clearance < margin_px:
         return DispensePoint(
             status=DispenseStatus.NO_SAFE_POINT,
             clearance_px=best_clearance,
             drops_seen=drops_seen,
         )
-    x, y = _to_original(int(row) + top, int(col) + left, frame, original_height, original_width)
+    x, y = _to_original(best_row + top, best_col + left, frame, original_height, original_width)
     return DispensePoint(
         status=DispenseStatus.OK, x=x, y=y, clearance_px=best_clearance, drops_seen=drops_seen
     )

@@ -11,8 +11,9 @@
 - a database error no retry is known to fix (``DatabaseError``): requeued, one log line with
   the server's error, never the SQL;
 - an inspection event is planned into work items of ``images_per_work_item`` images that
-  still need work, published with confirms, then acked; a work item goes through
-  ``Pipeline.process`` and is acked after the commit;
+  still need work, published with confirms, then acked (with none left to plan, it asks
+  ``Pipeline.complete_inspection``); a work item goes through ``Pipeline.process`` and is
+  acked after the commit;
 - results-ready (confirms + ``mandatory``) is published by the worker that completes an
   inspection, or by the one handling a redelivered message that finds the inspection done but
   never announced (its completer died between the commit and the publish). It is recorded in
@@ -21,12 +22,13 @@
   possible, a lost one is not.
 
 The handler never touches pika: it publishes through the ``publish`` function it is given
-(the daemon hands that to its I/O thread) and returns an ``Action`` for the I/O thread.
+(the daemon hands that to its I/O thread) and returns an ``Action`` for the I/O thread. Nor
+does it touch the database: the pipeline plans, processes, completes, answers whether
+results-ready is owed, records it, and probes the database for outage holds.
 """
 
 from __future__ import annotations
 
-import datetime
 import enum
 import random
 import threading
@@ -59,9 +61,6 @@ from chimp_worker.events import (
     decode_event,
     plan_work_items,
 )
-from chimp_worker.ispyb import progress as db
-from chimp_worker.ispyb.database import database_errors_described, probe_database
-from chimp_worker.ispyb.writer import utcnow
 from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
 from chimp_worker.outage import DatabaseGate
@@ -163,7 +162,7 @@ class MessageHandler:
         self._abandon = abandon  # the grace period ran out: stop at the next image
         self._rng = rng or random.Random()
         self.gate = gate or DatabaseGate(
-            lambda: probe_database(pipeline.session_factory), delay=self.delay, stopping=stopping
+            lambda: pipeline.probe_database(), delay=self.delay, stopping=stopping
         )
         self._local = threading.local()  # the heartbeat of the message this thread handles
 
@@ -200,7 +199,7 @@ class MessageHandler:
             )
         with structlog.contextvars.bound_contextvars(inspection_id=event.containerInspectionId):
             try:
-                with database_errors_described():
+                with self.pipeline.database_errors_described():
                     if isinstance(event, InspectionCompleted):
                         return self._plan(delivery, event)
                     return self._work(delivery, event)  # type: ignore[arg-type]
@@ -232,7 +231,9 @@ class MessageHandler:
             self._publish(item, session_id=delivery.session_id)
         action = Action.ACKED
         if not items:  # nothing left to do: the completion (or its announcement) may be owed
-            outcome = self.retry(lambda: self.pipeline.process(event.containerInspectionId, []))
+            outcome = self.retry(
+                lambda: self.pipeline.complete_inspection(event.containerInspectionId)
+            )
             action = self._announce(delivery, outcome)
         log.info("inspection_planned", work_items=len(items), images=len(image_ids))
         return action
@@ -263,12 +264,10 @@ class MessageHandler:
         """
         if outcome.completed_inspection:
             return True
-        cutoff = None
-        if not delivery.redelivered:
-            cutoff = utcnow() - datetime.timedelta(seconds=ORPHANED_COMPLETION_S)
+        completed_s_ago = None if delivery.redelivered else ORPHANED_COMPLETION_S
         return self.retry(
-            lambda: db.results_pending_publication(
-                self.pipeline.session_factory, outcome.inspection_id, completed_before=cutoff
+            lambda: self.pipeline.results_pending_publication(
+                outcome.inspection_id, completed_s_ago=completed_s_ago
             )
         )
 
@@ -303,11 +302,7 @@ class MessageHandler:
                 log.warning("results_ready_publish_retry", attempt=attempt + 1, error=str(error))
                 self._abandon.wait(self.delay(attempt))
             else:
-                self.retry(
-                    lambda: db.mark_results_published(
-                        self.pipeline.session_factory, outcome.inspection_id
-                    )
-                )
+                self.retry(lambda: self.pipeline.mark_results_published(outcome.inspection_id))
                 log.info(
                     "results_ready_published",
                     images=outcome.image_count,

@@ -152,7 +152,9 @@ class HealthServer:
         host: str = "127.0.0.1",
     ) -> None:
         family, address = _address_family(host, port)
-        server_class = type("_HealthWSGIServer", (ThreadingWSGIServer,), {"address_family": family})
+        server_class: type[ThreadingWSGIServer] = type(
+            "_HealthWSGIServer", (ThreadingWSGIServer,), {"address_family": family}
+        )
         self._server = make_server(
             address, port, health_app(liveness, registry), server_class, _QuietHandler
         )

@@ -41,13 +41,13 @@ JOURNAL_PRIORITIES = {
 }
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is at the time of each line (test runners swap it)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 
@@ -94,7 +94,10 @@ def _add_origin(host: str) -> structlog.typing.Processor:
 def _with_journal_priority(render: structlog.typing.Processor) -> structlog.typing.Processor:
     def prefixed(logger: Any, name: str, event: structlog.typing.EventDict) -> str:
         priority = JOURNAL_PRIORITIES.get(str(event.get("level", "info")).lower(), 6)
-        return f"<{priority}>{render(logger, name, event)}"
+        line = render(logger, name, event)
+        if isinstance(line, bytes | bytearray):  # a JSON renderer with a bytes serializer
+            line = line.decode()
+        return f"<{priority}>{line}"
 
     return prefixed
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from chimp_worker.analysis import DispenseStatus, ImageAnalysis
+from chimp_worker.detector_kinds import kind_of_role
 
 __all__ = ["render_overlay", "write_overlay"]
 
@@ -59,7 +60,7 @@ def render_overlay(pixels: np.ndarray, analysis: ImageAnalysis, *, seed: int = 0
     font_scale = 0.4 * thickness
     for detection in analysis.detections:
         x0, y0, x1, y1 = (round(value) for value in detection.box)
-        box_colour = RED if detection.model_role == "vmxi_detector" else DARK_BLUE
+        box_colour = _box_colour(detection.model_role)
         cv2.rectangle(image, (x0, y0), (x1, y1), box_colour, thickness)
         _text(
             image,
@@ -86,6 +87,13 @@ def render_overlay(pixels: np.ndarray, analysis: ImageAnalysis, *, seed: int = 0
 
     _banner(image, analysis, font_scale, thickness)
     return image
+
+
+def _box_colour(role: str | None) -> tuple[int, int, int]:
+    """Red for a crystals-only detector (VMXi), dark blue for one that also finds drops
+    (XChem) and for anything else (the baseline)."""
+    kind = kind_of_role(role) if role is not None else None
+    return RED if kind is not None and not kind.supplies_drops else DARK_BLUE
 
 
 def _text(

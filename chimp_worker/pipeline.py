@@ -22,9 +22,11 @@ the pipeline beats it after each image and says how long each bounded wait may t
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from chimp_worker.config import Settings
     from chimp_worker.events import ResultsReady
     from chimp_worker.images import ImageSource
     from chimp_worker.ispyb.progress import InspectionImage
@@ -121,35 +122,21 @@ class WorkOutcome:
     new_hits: tuple[DropHit, ...] = ()  # drops that first became hits here (when completed)
 
 
+@dataclass(frozen=True)
+class InspectionSurvey:
+    """An inspection's images, and the ids of those that still need work (by id)."""
+
+    inspection_id: int
+    images: tuple[InspectionImage, ...]
+    needing: tuple[int, ...]
+
+
 @dataclass
 class _Fetched:
     image: InspectionImage
     decoded: DecodedImage | None = None
     error: ImageError | None = None
     seconds: float = 0.0
-
-
-def make_analyser(settings: Settings) -> Analyser:
-    """CHiMP models when model files are configured (or asked for), else the weight-free
-    baseline; torch is imported only for CHiMP."""
-    if settings.effective_analyser == "chimp":
-        from chimp_worker.models import ChimpAnalyser
-
-        return ChimpAnalyser.from_settings(settings)
-    from chimp_worker.analysis import AnalysisOptions
-    from chimp_worker.baseline import BaselineAnalyser
-
-    analyser = BaselineAnalyser(AnalysisOptions.from_settings(settings))
-    log.warning(
-        "baseline_analyser_running",
-        analyser=analyser.name,
-        schema=analyser.schema_name,
-        why="analyser=baseline" if settings.analyser == "baseline" else "no model files set",
-        queueable_targets=settings.baseline_writes_targets,
-        fix="set CHIMP_CLASSIFIER_PATH and CHIMP_VMXI_DETECTOR_PATH / CHIMP_XCHEM_DETECTOR_PATH "
-        "for the CHiMP models",
-    )
-    return analyser
 
 
 class Pipeline:
@@ -176,34 +163,6 @@ class Pipeline:
         self.batch_size = max(1, batch_size)
         self._engine = engine
 
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        *,
-        analyser: Analyser | None = None,
-        image_source: ImageSource | None = None,
-    ) -> Pipeline:
-        """Database, image source and analyser from settings; pass parts to replace them."""
-        from chimp_worker.hits.policy import load_policy
-        from chimp_worker.images import ImageOptions, make_image_source
-        from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
-
-        policy = load_policy(settings.hit_rule, settings.hit_thresholds_file)
-        engine = engine_for(DatabaseOptions.from_settings(settings))
-        return cls(
-            make_session_factory(engine),
-            image_source
-            if image_source is not None
-            else make_image_source(ImageOptions.from_settings(settings)),
-            analyser if analyser is not None else make_analyser(settings),
-            batch_size=settings.batch_size,
-            engine=engine,
-            baseline_writes_targets=settings.baseline_writes_targets,
-            image_deadline_s=settings.image_deadline_s,
-            hit_policy=policy,
-        )
-
     @property
     def engine(self) -> Engine | None:
         """The engine this pipeline created (None when given a session factory only)."""
@@ -222,21 +181,35 @@ class Pipeline:
         if self._engine is not None:
             self._engine.dispose()
 
+    def survey(
+        self, inspection_id: int, image_ids: Sequence[int] | None = None
+    ) -> InspectionSurvey:
+        """The inspection's images and which of them still need work with these model files
+        and this target rule: where ``plan`` and ``process`` both start. Raises
+        ``InspectionNotVisibleError``, or ``UnknownImageError`` for an id in ``image_ids``
+        that is not the inspection's. No image asked for (``[]``): none needs judging."""
+        from chimp_worker.ispyb import progress
+
+        images = progress.inspection_images(self.session_factory, inspection_id)
+        if image_ids is not None:
+            _require_known(inspection_id, image_ids, {image.blSampleImageId for image in images})
+        needing: list[int] = []
+        if image_ids is None or image_ids:
+            needing = progress.images_needing_work(
+                self.session_factory,
+                inspection_id,
+                self.model_checksums,
+                target_rule=self.target_rule,
+            )
+        return InspectionSurvey(inspection_id, tuple(images), tuple(needing))
+
     def plan(self, inspection_id: int, image_ids: Sequence[int] | None = None) -> list[int]:
         """Ids of the inspection's images that still need work with these model files (of
         ``image_ids`` if given), marked pending. Raises ``InspectionNotVisibleError`` or
         ``UnknownImageError``."""
         from chimp_worker.ispyb import progress
 
-        images = progress.inspection_images(self.session_factory, inspection_id)
-        if image_ids is not None:
-            _require_known(inspection_id, image_ids, {image.blSampleImageId for image in images})
-        needing = progress.images_needing_work(
-            self.session_factory,
-            inspection_id,
-            self.model_checksums,
-            target_rule=self.target_rule,
-        )
+        needing = list(self.survey(inspection_id, image_ids).needing)
         if image_ids is not None:
             wanted = set(image_ids)
             needing = [image_id for image_id in needing if image_id in wanted]
@@ -254,23 +227,13 @@ class Pipeline:
         """Analyse and write the images that need work (of ``image_ids``, or all), then try to
         complete the inspection. Images already done with these model files and this target
         rule are skipped."""
-        from chimp_worker.ispyb import progress as db
-
         beat = heartbeat or NO_HEARTBEAT
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(inspection_id=inspection_id):
-            images = db.inspection_images(self.session_factory, inspection_id)
-            by_id = {image.blSampleImageId: image for image in images}
-            asked = [image.blSampleImageId for image in images] if image_ids is None else image_ids
-            _require_known(inspection_id, asked, set(by_id))
-            needing = set(
-                db.images_needing_work(
-                    self.session_factory,
-                    inspection_id,
-                    self.model_checksums,
-                    target_rule=self.target_rule,
-                )
-            )
+            survey = self.survey(inspection_id, image_ids)
+            by_id = {image.blSampleImageId: image for image in survey.images}
+            asked = list(by_id) if image_ids is None else image_ids
+            needing = set(survey.needing)
             todo = [by_id[image_id] for image_id in dict.fromkeys(asked) if image_id in needing]
             skipped = tuple(
                 image_id for image_id in dict.fromkeys(asked) if image_id not in needing
@@ -279,32 +242,95 @@ class Pipeline:
             for image_id in skipped:
                 report(image_id, "skipped", None, 0.0)
             written, failed, changed = self._run(todo, report, beat)
-            completed = db.try_complete_inspection(self.session_factory, inspection_id)
-            new_hits = self._time_course_after_completion(inspection_id) if completed else ()
-            outcome = WorkOutcome(
-                inspection_id=inspection_id,
-                image_count=len(images),
-                written=tuple(written),
-                failed=failed,
-                skipped=skipped,
-                completed_inspection=completed,
-                changed=changed,
-                analyser=self.analyser.name,
-                schema_name=self.analyser.schema_name,
-                seconds=time.perf_counter() - started,
-                new_hits=new_hits,
+            return self._complete(
+                survey, started, written=written, failed=failed, skipped=skipped, changed=changed
             )
-            log.info(
-                "work_done",
-                analyser=self.analyser.name,
-                written=len(written),
-                failed=len(failed),
-                skipped=len(skipped),
-                completed_inspection=completed,
-                new_hits=len(new_hits),
-                seconds=round(outcome.seconds, 3),
-            )
-            return outcome
+
+    def complete_inspection(self, inspection_id: int) -> WorkOutcome:
+        """Complete the inspection if every image is done or failed, analysing nothing: for a
+        planner that found no work left (the completion, or its announcement, may be owed).
+        Raises ``InspectionNotVisibleError``."""
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(inspection_id=inspection_id):
+            return self._complete(self.survey(inspection_id, []), started)
+
+    def _complete(
+        self,
+        survey: InspectionSurvey,
+        started: float,
+        *,
+        written: Sequence[int] = (),
+        failed: dict[int, str] | None = None,
+        skipped: tuple[int, ...] = (),
+        changed: bool = False,
+    ) -> WorkOutcome:
+        """Try the completion (exactly once across workers), bring the time course up to date
+        when this call completed it, and say what the unit did."""
+        from chimp_worker.ispyb import progress as db
+
+        inspection_id = survey.inspection_id
+        failed = failed or {}
+        completed = db.try_complete_inspection(self.session_factory, inspection_id)
+        new_hits = self._time_course_after_completion(inspection_id) if completed else ()
+        outcome = WorkOutcome(
+            inspection_id=inspection_id,
+            image_count=len(survey.images),
+            written=tuple(written),
+            failed=failed,
+            skipped=skipped,
+            completed_inspection=completed,
+            changed=changed,
+            analyser=self.analyser.name,
+            schema_name=self.analyser.schema_name,
+            seconds=time.perf_counter() - started,
+            new_hits=new_hits,
+        )
+        log.info(
+            "work_done",
+            analyser=self.analyser.name,
+            written=len(written),
+            failed=len(failed),
+            skipped=len(skipped),
+            completed_inspection=completed,
+            new_hits=len(new_hits),
+            seconds=round(outcome.seconds, 3),
+        )
+        return outcome
+
+    def results_pending_publication(
+        self, inspection_id: int, *, completed_s_ago: float | None = None
+    ) -> bool:
+        """The inspection is done and no results-ready for it was confirmed yet; with
+        ``completed_s_ago``, only if it was completed at least that many seconds ago."""
+        from chimp_worker.ispyb import progress
+        from chimp_worker.ispyb.writer import utcnow
+
+        cutoff = None
+        if completed_s_ago is not None:
+            cutoff = utcnow() - datetime.timedelta(seconds=completed_s_ago)
+        return progress.results_pending_publication(
+            self.session_factory, inspection_id, completed_before=cutoff
+        )
+
+    def mark_results_published(self, inspection_id: int) -> bool:
+        """Record that the broker confirmed results-ready; False if already recorded."""
+        from chimp_worker.ispyb import progress
+
+        return progress.mark_results_published(self.session_factory, inspection_id)
+
+    def probe_database(self) -> str | None:
+        """None when the database answers a trivial query, else why not (for outage holds)."""
+        from chimp_worker.ispyb.database import probe_database
+
+        return probe_database(self.session_factory)
+
+    @staticmethod
+    def database_errors_described() -> AbstractContextManager[None]:
+        """Around a unit of work: a database error left over becomes ``DatabaseError`` (or
+        ``DatabaseUnavailableError`` when transient), described in one line without the SQL."""
+        from chimp_worker.ispyb.database import database_errors_described
+
+        return database_errors_described()
 
     def update_time_course(self, inspection_id: int, *, full: bool = False) -> tuple[DropHit, ...]:
         """Bring the plate's time course up to date with this (done) inspection; idempotent.

@@ -1,6 +1,7 @@
 """Replay a backlog: find Completed inspections whose images still need work and do it.
 
-An image needs work when it has no result yet ("unprocessed"), its last attempt failed
+An image needs work (``ispyb.progress.work_reason``, the same rule a worker plans an event
+by) when it has no result yet ("unprocessed"), its last attempt failed
 ("failed"), its result came from other model files than the ones configured now
 ("model changed", compared by sha256), or its targets were computed by another target rule
 than the configured one ("rule changed": e.g. results stored before the published rule
@@ -17,7 +18,6 @@ daemons, or process here with the daemon's own ``Pipeline``.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,11 +25,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import RowMapping, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from chimp_worker.checksums import file_sha256
 from chimp_worker.errors import ConfigError
+from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import translate_db_errors
+from chimp_worker.ispyb.progress import (
+    FAILED,
+    MODEL_CHANGED,
+    REASONS,
+    RULE_CHANGED,
+    UNPROCESSED,
+    ImageState,
+    image_model_checksums,
+    image_states,
+    work_reason,
+)
 from chimp_worker.ispyb.queries import as_datetime
 from chimp_worker.log import get_logger
 
@@ -38,42 +51,30 @@ if TYPE_CHECKING:
     from chimp_worker.config import Settings
     from chimp_worker.pipeline import ImageProgress, Pipeline
 
+__all__ = [
+    # why an image needs work: defined in ispyb.progress, re-exported for replay's callers
+    "FAILED",
+    "MODEL_CHANGED",
+    "REASONS",
+    "RULE_CHANGED",
+    "UNPROCESSED",
+    "Backlog",
+    "BacklogInspection",
+    "ReplayFilters",
+    "ReplaySummary",
+    "announce_results",
+    "current_model_checksums",
+    "current_target_rule",
+    "find_backlog",
+    "process_backlog",
+    "publish_backlog",
+    "reopen_done_inspections",
+    "settle_reopened",
+]
+
 log = get_logger(__name__)
 
-UNPROCESSED = "unprocessed"
-FAILED = "failed"
-MODEL_CHANGED = "model changed"
-RULE_CHANGED = "rule changed"
-REASONS = (UNPROCESSED, FAILED, MODEL_CHANGED, RULE_CHANGED)
-
 _VISIT = re.compile(r"^([A-Za-z]+)(\d+)-(\d+)$")
-_IN_CHUNK = 500
-
-# Completed inspections with their plate and visit; filters are appended as AND clauses.
-INSPECTIONS_SQL = """
-SELECT ci.containerInspectionId, ci.containerId, c.barcode,
-       COALESCE(ci.completedTimeStamp, ci.blTimeStamp) AS completed,
-       p.proposalCode, p.proposalNumber, bs.visit_number
-FROM ContainerInspection ci
-JOIN Container c ON c.containerId = ci.containerId
-LEFT JOIN BLSession bs ON bs.sessionId = c.sessionId
-LEFT JOIN Proposal p ON p.proposalId = bs.proposalId
-WHERE ci.state = 'Completed'
-"""
-
-IMAGES_SQL = """
-SELECT si.containerInspectionId, si.blSampleImageId, r.state, r.failureReason, r.targetRule
-FROM BLSampleImage si
-LEFT JOIN chimp_image_result r ON r.blSampleImageId = si.blSampleImageId
-WHERE si.containerInspectionId IN :inspectionIds
-"""
-
-MODELS_SQL = """
-SELECT m.blSampleImageId, m.sha256
-FROM chimp_image_model m
-JOIN BLSampleImage si ON si.blSampleImageId = m.blSampleImageId
-WHERE si.containerInspectionId IN :inspectionIds
-"""
 
 
 @dataclass(frozen=True)
@@ -185,34 +186,24 @@ class ReplaySummary:
 # --- model checksums -------------------------------------------------------------------------
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _model_file_sha256(path: Path) -> str:
+    """``file_sha256`` of a configured model file; a file that cannot be read is a config error."""
     try:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as exc:
         raise ConfigError(f"model file {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def current_model_checksums(settings: Settings) -> frozenset[str]:
     """sha256 of the model files the configured analyser would use, without loading torch.
 
-    CHiMP results carry the sha256 of each configured weight file (the same streaming hash as
-    ``models.checkpoints.file_sha256``); the baseline names its own version.
+    CHiMP results carry the sha256 of each configured weight file (``checksums.file_sha256``,
+    the function the models hash with); the baseline names its own version.
     """
     if settings.effective_analyser == "chimp":
-        paths = [
-            p
-            for p in (
-                settings.classifier_path,
-                settings.vmxi_detector_path,
-                settings.xchem_detector_path,
-            )
-            if p is not None
-        ]
-        return frozenset(_file_sha256(Path(p)) for p in paths)
+        from chimp_worker.detector_kinds import configured_model_files
+
+        return frozenset(_model_file_sha256(f.path) for f in configured_model_files(settings))
     from chimp_worker.analysis import AnalysisOptions
     from chimp_worker.baseline import BaselineAnalyser
 
@@ -232,7 +223,7 @@ def current_target_rule(settings: Settings) -> str:
 # --- finding the backlog ---------------------------------------------------------------------
 
 
-def _visit_of(row: Mapping[str, Any]) -> str | None:
+def _visit_of(row: RowMapping) -> str | None:
     if not row["proposalCode"] or not row["proposalNumber"]:
         return None
     number = row["visit_number"]
@@ -241,75 +232,46 @@ def _visit_of(row: Mapping[str, Any]) -> str | None:
     )
 
 
-def _inspection_rows(session: Session, filters: ReplayFilters) -> list[Mapping[str, Any]]:
-    sql = INSPECTIONS_SQL
-    params: dict[str, Any] = {}
-    completed = "COALESCE(ci.completedTimeStamp, ci.blTimeStamp)"
+def _inspection_rows(session: Session, filters: ReplayFilters) -> Sequence[RowMapping]:
+    """Completed inspections passing ``filters``, with their plate and visit, oldest first."""
+    inspection, container = t.ContainerInspection, t.Container
+    completed = func.coalesce(inspection.completedTimeStamp, inspection.blTimeStamp)
+    statement = (
+        select(
+            inspection.containerInspectionId,
+            inspection.containerId,
+            container.barcode,
+            completed.label("completed"),
+            t.Proposal.proposalCode,
+            t.Proposal.proposalNumber,
+            t.BLSession.visit_number,
+        )
+        .select_from(inspection)
+        .join(container, container.containerId == inspection.containerId)
+        .outerjoin(t.BLSession, t.BLSession.sessionId == container.sessionId)
+        .outerjoin(t.Proposal, t.Proposal.proposalId == t.BLSession.proposalId)
+        .where(inspection.state == "Completed")
+    )
     if filters.since is not None:
-        sql += f" AND {completed} >= :since"
-        params["since"] = filters.since
+        statement = statement.where(completed >= filters.since)
     if filters.until is not None:
-        sql += f" AND {completed} < :until"
-        params["until"] = filters.until
+        statement = statement.where(completed < filters.until)
     if filters.barcode is not None:
-        sql += " AND c.barcode = :barcode"
-        params["barcode"] = filters.barcode
+        statement = statement.where(container.barcode == filters.barcode)
     if filters.visit is not None:
         match = _VISIT.match(filters.visit)
         assert match is not None  # checked in ReplayFilters
-        sql += (
-            " AND p.proposalCode = :proposalCode AND p.proposalNumber = :proposalNumber"
-            " AND bs.visit_number = :visitNumber"
+        statement = statement.where(
+            t.Proposal.proposalCode == match.group(1),
+            t.Proposal.proposalNumber == match.group(2),
+            t.BLSession.visit_number == int(match.group(3)),
         )
-        params.update(
-            proposalCode=match.group(1),
-            proposalNumber=match.group(2),
-            visitNumber=int(match.group(3)),
-        )
-    statement = text(sql + " ORDER BY completed, ci.containerInspectionId")
     if filters.inspection_ids:
-        statement = text(
-            sql
-            + " AND ci.containerInspectionId IN :inspectionIds"
-            + " ORDER BY completed, ci.containerInspectionId"
-        ).bindparams(bindparam("inspectionIds", expanding=True))
-        params["inspectionIds"] = list(filters.inspection_ids)
-    return list(session.execute(statement, params).mappings().all())
-
-
-def _per_inspection(
-    session: Session, sql: str, inspection_ids: Sequence[int]
-) -> list[Mapping[str, Any]]:
-    statement = text(sql).bindparams(bindparam("inspectionIds", expanding=True))
-    rows: list[Mapping[str, Any]] = []
-    for start in range(0, len(inspection_ids), _IN_CHUNK):
-        chunk = list(inspection_ids[start : start + _IN_CHUNK])
-        rows.extend(session.execute(statement, {"inspectionIds": chunk}).mappings().all())
-    return rows
-
-
-def classify_image(
-    state: str | None,
-    checksums: frozenset[str],
-    current: frozenset[str] | None,
-    rule: str | None = None,
-    current_rule: str | None = None,
-) -> str | None:
-    """Why an image needs work (a REASONS value), or None when it is up to date.
-
-    A 'pending' row is an image planned but never finished: as unprocessed as no row at all.
-    A done result's stored target ``rule`` is compared with ``current_rule`` unless that is
-    None; new model files win over a new rule (the redo covers both).
-    """
-    if state == "done":
-        if current is not None and checksums != current:
-            return MODEL_CHANGED
-        if current_rule is not None and rule != current_rule:
-            return RULE_CHANGED
-        return None
-    if state == "failed":
-        return FAILED
-    return UNPROCESSED
+        statement = statement.where(
+            inspection.containerInspectionId.in_(list(filters.inspection_ids))
+        )
+    statement = statement.order_by(completed, inspection.containerInspectionId)
+    return session.execute(statement).mappings().all()
 
 
 def find_backlog(
@@ -328,36 +290,33 @@ def find_backlog(
     with translate_db_errors(), session_factory() as session:
         inspections = _inspection_rows(session, filters)
         ids = [int(row["containerInspectionId"]) for row in inspections]
-        images = _per_inspection(session, IMAGES_SQL, ids)
-        shas: dict[int, set[str]] = defaultdict(set)
+        images = image_states(session, ids)
         # Model files are compared only when asked for: --rule-changed alone also finds an
         # image whose model files changed too.
         compared = current if MODEL_CHANGED in reasons else None
-        if compared is not None:
-            for row in _per_inspection(session, MODELS_SQL, ids):
-                shas[int(row["blSampleImageId"])].add(row["sha256"])
-    by_inspection: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
-    for row in images:
-        by_inspection[int(row["containerInspectionId"])].append(row)
+        shas = image_model_checksums(session, ids) if compared is not None else {}
+    by_inspection: dict[int, list[ImageState]] = defaultdict(list)
+    for image in images:
+        by_inspection[image.containerInspectionId].append(image)
     found = []
     for row in inspections:
         inspection_id = int(row["containerInspectionId"])
         work: dict[str, list[int]] = defaultdict(list)
         failures: Counter[str] = Counter()
         for image in by_inspection.get(inspection_id, []):
-            image_id = int(image["blSampleImageId"])
-            reason = classify_image(
-                image["state"],
-                frozenset(shas.get(image_id, ())),
+            image_id = image.blSampleImageId
+            reason = work_reason(
+                image.state,
+                shas.get(image_id, frozenset()),
                 compared,
-                image["targetRule"],
+                image.targetRule,
                 target_rule,
             )
             if reason is None or reason not in reasons:
                 continue
             work[reason].append(image_id)
             if reason == FAILED:
-                failures[image["failureReason"] or "unknown"] += 1
+                failures[image.failureReason or "unknown"] += 1
         if work:
             found.append(
                 BacklogInspection(

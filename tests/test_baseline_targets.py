@@ -11,7 +11,7 @@ from chimp_worker.config import Settings
 from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.worker_tables import ChimpImageResult
-from chimp_worker.pipeline import Pipeline
+from chimp_worker.wiring import make_pipeline
 
 
 def test_the_setting_is_off_unless_asked_for() -> None:
@@ -23,7 +23,7 @@ def test_baseline_targets_stay_out_of_the_data_collection_queue(
 ) -> None:
     plate = small_plate(ispyb_sqlite_url, tmp_path / "images", wells=4, seed=3)
     settings = plate_settings(ispyb_sqlite_url, tmp_path / "images", baseline_writes_targets=False)
-    pipeline = Pipeline.from_settings(settings)
+    pipeline = make_pipeline(settings)
     try:
         pipeline.process(plate.latest.containerInspectionId)
     finally:

@@ -309,8 +309,9 @@ class _Held:
             self.channel.confirm_delivery()
             while self.limit is None or len(self.letters) < self.limit:
                 method, properties, body = self.channel.basic_get(self.queue, auto_ack=False)
-                if method is None:
-                    break
+                if method is None or properties is None or body is None:
+                    break  # the queue is empty (all three are None together)
+                assert method.delivery_tag is not None  # a Get-Ok always carries one
                 letter = DeadLetter(
                     queue=self.queue,
                     position=len(self.letters) + 1,

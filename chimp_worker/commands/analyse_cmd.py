@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from chimp_worker.cli import AppContext, pass_app
+from chimp_worker.commands.options import detector_paths_option
 
 _PATH = click.Path(dir_okay=False, path_type=Path)
 
@@ -16,8 +17,9 @@ _PATH = click.Path(dir_okay=False, path_type=Path)
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--classifier", type=_PATH, help="Classifier checkpoint (else classifier_path).")
-@click.option("--vmxi-detector", type=_PATH, help="VMXi detector (else vmxi_detector_path).")
-@click.option("--xchem-detector", type=_PATH, help="XChem detector (else xchem_detector_path).")
+@detector_paths_option("A detector of each KIND (else detector_paths), e.g. xchem=xchem.pt.")
+@click.option("--vmxi-detector", type=_PATH, help="Same as --detector vmxi=PATH.")
+@click.option("--xchem-detector", type=_PATH, help="Same as --detector xchem=PATH.")
 @click.option("--json", "json_path", type=_PATH, help="Write every result in full (masks as RLE).")
 @click.option(
     "--overlay",
@@ -30,6 +32,7 @@ def analyse(
     app: AppContext,
     images: tuple[Path, ...],
     classifier: Path | None,
+    detector_paths: dict[str, Path],
     vmxi_detector: Path | None,
     xchem_detector: Path | None,
     json_path: Path | None,
@@ -39,30 +42,34 @@ def analyse(
 
     Prints one row per image: class probabilities, crystals found, and the dispense point
     (XChem detector). Model files come from the options or from the settings
-    (CHIMP_CLASSIFIER_PATH, CHIMP_VMXI_DETECTOR_PATH, CHIMP_XCHEM_DETECTOR_PATH). Exit
+    (CHIMP_CLASSIFIER_PATH, CHIMP_DETECTOR_PATHS or CHIMP_VMXI_DETECTOR_PATH,
+    CHIMP_XCHEM_DETECTOR_PATH). Exit
     status 1 when any image could not be analysed; the others are still reported.
 
     \b
     Example:
-      chimp-worker analyse --classifier classifier.pt --xchem-detector xchem.pt \\
+      chimp-worker analyse --classifier classifier.pt --detector xchem=xchem.pt \\
           drop-A01.jpg drop-A02.jpg --json results.json --overlay overlays/
     """
+    from chimp_worker.config import detector_path_overrides
+
     overrides: dict[str, Any] = {"analyser": "chimp"}
-    for name, value in (
-        ("classifier_path", classifier),
-        ("vmxi_detector_path", vmxi_detector),
-        ("xchem_detector_path", xchem_detector),
-    ):
+    if classifier is not None:
+        overrides["classifier_path"] = classifier
+    given = dict(detector_paths)
+    for name, value in (("vmxi", vmxi_detector), ("xchem", xchem_detector)):
         if value is not None:
-            overrides[name] = value
+            given[name] = value
+    if given:
+        overrides.update(detector_path_overrides(app.settings(), given))
     settings = app.settings(**overrides)
 
     from chimp_worker.errors import ChimpError
-    from chimp_worker.models import ChimpAnalyser
     from chimp_worker.models.files import analyse_files, analysis_as_dict
     from chimp_worker.overlay import write_overlay
+    from chimp_worker.wiring import make_chimp_analyser
 
-    analyser = ChimpAnalyser.from_settings(settings)
+    analyser = make_chimp_analyser(settings)
     outcomes = []
     for outcome in analyse_files(
         list(images),

@@ -51,8 +51,8 @@ def bench(
       chimp-worker bench --images 8              # both flavours, about 15 min on 2 cores
       chimp-worker bench --images 4 --flavour xchem --bf16 --json bench.json
     """
-    from chimp_worker.models.bench import prepare_bench, run_bench
-    from chimp_worker.models.bench_report import machine_description, report_lines
+    from chimp_worker.bench.report import machine_description, report_lines
+    from chimp_worker.bench.run import prepare_bench, run_bench
 
     if images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--images")

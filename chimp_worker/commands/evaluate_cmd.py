@@ -157,7 +157,7 @@ def classifier(
     type=FILE,
     help="Detector state_dict (default: the configured detector).",
 )
-@flavour_option(help_text="Which configured detector to use when both are set.")
+@flavour_option(help_text="Which configured detector to use when several are set.", detector=True)
 @label_map_option(_LABEL_MAP_HELP)
 @click.option(
     "--category",

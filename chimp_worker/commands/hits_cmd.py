@@ -115,9 +115,9 @@ def hits(
       chimp-worker hits --barcode CQX-0001 --all --format csv > ranked.csv
       chimp-worker hits --barcode CQX-0001 --refresh        # after new thresholds
     """
-    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.ispyb.hit_queries import HitFilters, course_points, find_hits
     from chimp_worker.report import tables
+    from chimp_worker.wiring import make_database
 
     if barcode is None and visit is None and since is None:
         raise click.UsageError("give --barcode, --visit or --since")
@@ -126,9 +126,8 @@ def hits(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--visit") from None
     settings = app.settings()
-    engine = engine_for(DatabaseOptions.from_settings(settings))
+    engine, factory = make_database(settings)
     try:
-        factory = make_session_factory(engine)
         if refresh:
             _refresh(factory, settings, filters)
         rows = find_hits(factory, filters)
@@ -157,11 +156,11 @@ def hits(
 
 def _refresh(factory: Any, settings: Any, filters: Any) -> None:
     """Recompute the time course of every plate the filters select (with a course or not)."""
-    from chimp_worker.hits.policy import load_policy
     from chimp_worker.ispyb.hit_queries import plates_for
     from chimp_worker.ispyb.time_course import refresh_plate
+    from chimp_worker.wiring import make_hit_policy
 
-    policy = load_policy(settings.hit_rule, settings.hit_thresholds_file)
+    policy = make_hit_policy(settings)
     refreshed = 0
     for container_id in plates_for(factory, filters):
         if refresh_plate(factory, container_id, policy) is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from chimp_worker.cli import AppContext, pass_app
+from chimp_worker.detector_kinds import DETECTOR_KINDS
 
 
 @click.group()
@@ -19,7 +20,7 @@ def models() -> None:
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--kind",
-    type=click.Choice(["classifier", "vmxi", "xchem"]),
+    type=click.Choice(["classifier", *DETECTOR_KINDS]),
     help="Refuse any file that is not this kind of model.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -37,23 +38,18 @@ def info(app: AppContext, files: tuple[Path, ...], kind: str | None, as_json: bo
       chimp-worker models info classifier.pt vmxi-detector.pt
       chimp-worker models info --kind xchem xchem-detector.pt
     """
+    from chimp_worker.detector_kinds import configured_model_files
     from chimp_worker.errors import ChimpError, ModelFileError
     from chimp_worker.models.info import describe_model_file
 
     settings = app.settings()
     wanted: list[tuple[Path, str | None]] = [(path, kind) for path in files]
     if not files:
-        for configured, configured_kind in (
-            (settings.classifier_path, "classifier"),
-            (settings.vmxi_detector_path, "vmxi"),
-            (settings.xchem_detector_path, "xchem"),
-        ):
-            if configured is not None:
-                wanted.append((configured, configured_kind))
+        wanted = [(f.path, f.kind) for f in configured_model_files(settings)]
         if not wanted:
             raise ChimpError(
                 "no model files given and none configured (CHIMP_CLASSIFIER_PATH, "
-                "CHIMP_VMXI_DETECTOR_PATH, CHIMP_XCHEM_DETECTOR_PATH)",
+                "CHIMP_DETECTOR_PATHS, CHIMP_VMXI_DETECTOR_PATH, CHIMP_XCHEM_DETECTOR_PATH)",
                 reason="no_model_files",
             )
     described = []
@@ -63,7 +59,7 @@ def info(app: AppContext, files: tuple[Path, ...], kind: str | None, as_json: bo
             details = describe_model_file(
                 path,
                 expected,
-                classifier_input_size=settings.classifier_input_size,  # type: ignore[arg-type]
+                classifier_input_size=settings.classifier_input_size,
             )
         except ModelFileError as exc:
             refused.append(exc)

@@ -11,12 +11,15 @@ from typing import Any, TypeVar
 
 import click
 
+from chimp_worker.detector_kinds import DETECTOR_KINDS
+
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
 
 FILE = click.Path(dir_okay=False, path_type=Path)
 FOLDER = click.Path(file_okay=False, path_type=Path)
-FLAVOURS = click.Choice(["vmxi", "xchem"])
+FLAVOURS = click.Choice(["vmxi", "xchem"])  # the mock imager's flavours
+DETECTOR_KIND_NAMES = click.Choice(list(DETECTOR_KINDS))  # chimp_worker/detector_kinds.py
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 _FAULT = re.compile(r"^(\d+)=(\w+)$")
@@ -33,12 +36,42 @@ def stack(*decorators: Decorator) -> Decorator:
     return apply
 
 
-def flavour_option(*, default: str | None = None, help_text: str | None = None) -> Decorator:
-    """``--flavour vmxi|xchem``: which imager / detector family (None when not given)."""
+def flavour_option(
+    *, default: str | None = None, help_text: str | None = None, detector: bool = False
+) -> Decorator:
+    """``--flavour vmxi|xchem``: which imager family, or with ``detector`` which detector kind
+    (None when not given)."""
+    choice = DETECTOR_KIND_NAMES if detector else FLAVOURS
     if default is None:
-        return click.option("--flavour", type=FLAVOURS, help=help_text)
+        return click.option("--flavour", type=choice, help=help_text)
     return click.option(
-        "--flavour", type=FLAVOURS, default=default, show_default=True, help=help_text
+        "--flavour", type=choice, default=default, show_default=True, help=help_text
+    )
+
+
+def _parse_detector_paths(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, Path]:
+    paths: dict[str, Path] = {}
+    for value in values:
+        kind, _, path = value.partition("=")
+        if kind not in DETECTOR_KINDS or not path:
+            raise click.BadParameter(
+                f"expected KIND=PATH with KIND one of {', '.join(DETECTOR_KINDS)}; got {value!r}"
+            )
+        paths[kind] = Path(path)
+    return paths
+
+
+def detector_paths_option(help_text: str) -> Decorator:
+    """``--detector KIND=PATH`` (repeatable), passed as ``detector_paths``: {kind: file}."""
+    return click.option(
+        "--detector",
+        "detector_paths",
+        multiple=True,
+        metavar="KIND=PATH",
+        callback=_parse_detector_paths,
+        help=help_text,
     )
 
 

@@ -111,7 +111,6 @@ def replay(
       chimp-worker replay --visit mx12345-6 --model-changed # after installing new weights
       chimp-worker replay --rule-changed --dry-run          # results of the old target rule
     """
-    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.log import configure_logging
     from chimp_worker.replay import (
         ReplayFilters,
@@ -120,6 +119,7 @@ def replay(
         current_target_rule,
         find_backlog,
     )
+    from chimp_worker.wiring import make_database
 
     if dry_run and local:
         raise click.UsageError("--dry-run and --local: pick one")
@@ -140,16 +140,15 @@ def replay(
     size = chunk_size or settings.images_per_work_item
     pipeline = None
     if local:
-        from chimp_worker.pipeline import Pipeline
+        from chimp_worker.wiring import make_pipeline
 
-        pipeline = Pipeline.from_settings(settings)
+        pipeline = make_pipeline(settings)
         factory = pipeline.session_factory
         checksums = frozenset(pipeline.model_checksums)
         rule = pipeline.target_rule
         engine = None
     else:
-        engine = engine_for(DatabaseOptions.from_settings(settings))
-        factory = make_session_factory(engine)
+        engine, factory = make_database(settings)
         checksums = current_model_checksums(settings)
         rule = current_target_rule(settings)
     summary = ReplaySummary(mode="dry-run" if dry_run else "local" if local else "queue")

@@ -91,7 +91,6 @@ def report(
     from chimp_worker.errors import ConfigError, PicturesUnreadableError
     from chimp_worker.images import ImageOptions
     from chimp_worker.ispyb import queries
-    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.report import write_html, write_png
     from chimp_worker.report.build import (
         ImageLinker,
@@ -100,6 +99,7 @@ def report(
         make_image_linker,
         make_image_loader,
     )
+    from chimp_worker.wiring import make_database
 
     settings = app.settings()
     out = out or Path(f"plate-{_safe_name(barcode)}.html")
@@ -114,9 +114,8 @@ def report(
                 f"drop pictures cannot be read: {error}; or pass --no-pictures"
             ) from None
 
-    engine = engine_for(DatabaseOptions.from_settings(settings))
+    engine, factory = make_database(settings)
     try:
-        factory = make_session_factory(engine)
         plate = queries.find_plate(factory, barcode=barcode)
         with Progress(
             TextColumn("building report"),

@@ -58,17 +58,16 @@ def results(
       chimp-worker results --barcode CQX-0001 --inspections
     """
     from chimp_worker.ispyb import queries
-    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.report import tables
+    from chimp_worker.wiring import make_database
 
     if barcode is None and inspection_id is None:
         raise click.UsageError("give --barcode or --inspection")
     if crystals and inspections:
         raise click.UsageError("--crystals and --inspections are separate views: pick one")
     settings = app.settings()
-    engine = engine_for(DatabaseOptions.from_settings(settings))
+    engine, factory = make_database(settings)
     try:
-        factory = make_session_factory(engine)
         if barcode is not None:
             plate = queries.find_plate(factory, barcode=barcode)
         else:
@@ -83,7 +82,7 @@ def results(
         }
         if inspections:
             rows = tables.inspection_rows(queries.plate_inspections(factory, plate))
-            columns = tables.INSPECTION_COLUMNS
+            columns: tuple[str, ...] = tables.INSPECTION_COLUMNS
             title = tables.plate_title(plate, "inspections")
         elif crystals:
             rows = tables.target_rows(queries.crystal_targets(factory, plate, inspection_id))

@@ -182,7 +182,10 @@ def classifier(
     val_fraction_help="Share of images held out without --val.",
     init_help="Published-format detector to fine-tune.",
 )
-@flavour_option(help_text="vmxi: crystals; xchem: drops and crystals (required without --init).")
+@flavour_option(
+    help_text="vmxi: crystals; xchem: drops and crystals (required without --init).",
+    detector=True,
+)
 @image_root_option("Relative image paths are under this folder (default: the JSON's folder).")
 @optimiser_options(epochs=20, batch_size=4, batch_range=(1, 256), max_lr=2e-4, patience=5)
 @click.option(

@@ -231,5 +231,6 @@ def make_detector_analyser(
         batch_size=batch_size,
         precision=precision,  # type: ignore[arg-type]
     )
-    role = {"vmxi": "vmxi_detector", "xchem": "xchem_detector"}[detector.flavour]
-    return ChimpAnalyser(**{role: detector}, options=options, device=resolve_device(device))
+    return ChimpAnalyser(
+        detectors={detector.flavour: detector}, options=options, device=resolve_device(device)
+    )

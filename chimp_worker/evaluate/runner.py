@@ -8,6 +8,12 @@ from pathlib import Path
 
 from chimp_worker.analysis import CHIMP_SCHEMA
 from chimp_worker.config import Settings
+from chimp_worker.detector_kinds import (
+    CLASSIFIER,
+    DETECTOR_KINDS,
+    configured_model_files,
+    detector_kind,
+)
 from chimp_worker.errors import ConfigError, DatasetError
 from chimp_worker.evaluate.classifier import (
     ClassifierEvaluation,
@@ -63,12 +69,12 @@ def run_classifier_evaluation(
     rows = load_rows(labels_csv, label_map, check_files=not from_database, image_root=image_root)
     test_set = Path(labels_csv).stem
     if from_database:
-        from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
+        from chimp_worker.wiring import make_database
 
-        engine = engine_for(DatabaseOptions.from_settings(settings))
+        engine, session_factory = make_database(settings)
         try:
             return evaluate_classifier_database(
-                rows, make_session_factory(engine), schema=schema, test_set=test_set
+                rows, session_factory, schema=schema, test_set=test_set
             )
         finally:
             engine.dispose()
@@ -107,25 +113,20 @@ def detector_path(settings: Settings, model_path: Path | None, flavour: str | No
     """--model, else the configured detector of --flavour, else the only configured one."""
     if model_path is not None:
         return model_path
-    configured = {
-        "vmxi": settings.vmxi_detector_path,
-        "xchem": settings.xchem_detector_path,
-    }
+    configured = {f.kind: f.path for f in configured_model_files(settings) if f.kind != CLASSIFIER}
     if flavour is not None:
-        path = configured[flavour]
+        path = configured.get(flavour)
         if path is None:
-            raise ConfigError(
-                f"{flavour}_detector_path [CHIMP_{flavour.upper()}_DETECTOR_PATH] is not set; "
-                "give --model"
-            )
+            alias = detector_kind(flavour).alias_setting
+            also = f" (or {alias} [CHIMP_{alias.upper()}])" if alias else ""
+            raise ConfigError(f"detector_paths.{flavour}{also} is not set; give --model")
         return path
-    present = [p for p in configured.values() if p is not None]
-    if len(present) != 1:
+    if len(configured) != 1:
         raise ConfigError(
-            "give --model, or --flavour vmxi|xchem to pick a configured detector "
-            f"({len(present)} detector paths are configured)"
+            f"give --model, or --flavour {'|'.join(DETECTOR_KINDS)} to pick a configured "
+            f"detector ({len(configured)} detector paths are configured)"
         )
-    return present[0]
+    return next(iter(configured.values()))
 
 
 def run_detector_evaluation(
@@ -193,15 +194,14 @@ def run_hits_evaluation(
     model files are configured, else the baseline) and its configured thresholds, or with
     thresholds chosen on ``val_csv`` / a held-out split."""
     from chimp_worker.evaluate.hits import evaluate_hits
-    from chimp_worker.hits.policy import load_policy
-    from chimp_worker.pipeline import make_analyser
+    from chimp_worker.wiring import make_analyser, make_hit_policy
 
     rows = load_rows(labels_csv, label_map, image_root=image_root)
     validation = load_rows(val_csv, label_map, image_root=image_root) if val_csv else None
     if validation is not None:
         choose = True
     analyser = make_analyser(settings)
-    policy = load_policy(settings.hit_rule, settings.hit_thresholds_file)
+    policy = make_hit_policy(settings)
     return evaluate_hits(
         analyser,
         rows,

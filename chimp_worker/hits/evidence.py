@@ -8,10 +8,11 @@ XChem); a result without any detector has no crystal evidence at all (None, not 
 from __future__ import annotations
 
 from chimp_worker.analysis import ImageAnalysis
+from chimp_worker.detector_kinds import crystal_roles
 from chimp_worker.hits.rules import ImageEvidence
 
-DETECTOR_ROLES = ("vmxi_detector", "xchem_detector", "baseline")  # roles that find crystals
-CRYSTAL_ROLE_PREFERENCE = ("vmxi_detector", "xchem_detector")
+CRYSTAL_ROLE_PREFERENCE = crystal_roles()  # the detector kinds' roles, VMXi before XChem
+DETECTOR_ROLES = (*CRYSTAL_ROLE_PREFERENCE, "baseline")  # roles that find crystals
 
 
 def evidence_from_analysis(analysis: ImageAnalysis) -> ImageEvidence:

@@ -143,25 +143,31 @@ def call_hit(
     counted = counted_crystals(evidence.crystals or (), thresholds)
     detector_hit = len(counted) >= thresholds.detector_min_count
     detector_score = max((c.score for c in counted), default=0.0)
-    measures = {
-        "crystal_count": len(counted),
-        "crystal_area_px": sum(c.area_px for c in counted),
-        "largest_crystal_px": max((c.area_px for c in counted), default=0),
-        "best_crystal_score": detector_score if counted else None,
-    }
+
+    def verdict(decided_by: HitRule, hit: bool, score: float) -> HitVerdict:
+        return HitVerdict(
+            decided_by,
+            hit,
+            score,
+            crystal_count=len(counted),
+            crystal_area_px=sum(c.area_px for c in counted),
+            largest_crystal_px=max((c.area_px for c in counted), default=0),
+            best_crystal_score=detector_score if counted else None,
+        )
+
     p_crystal = evidence.p_crystal
     if rule == "combined" and (p_crystal is None or evidence.crystals is None):
         rule = "detector" if p_crystal is None else "classifier"
     if rule == "classifier":
         p = _clamp(p_crystal or 0.0)
-        return HitVerdict("classifier", p >= thresholds.classifier_threshold, p, **measures)
+        return verdict("classifier", p >= thresholds.classifier_threshold, p)
     if rule == "detector":
         score = _clamp(detector_score) if detector_hit else 0.0
-        return HitVerdict("detector", detector_hit, score, **measures)
+        return verdict("detector", detector_hit, score)
     p = _clamp(p_crystal or 0.0)
     confirmation = _clamp(detector_score) if detector_hit else 0.0
     score = max((p + confirmation) / 2.0, p if p >= thresholds.classifier_sure else 0.0)
-    return HitVerdict("combined", score >= thresholds.combined_threshold, score, **measures)
+    return verdict("combined", score >= thresholds.combined_threshold, score)
 
 
 def _clamp(value: float) -> float:

@@ -393,7 +393,7 @@ def database_error(error: BaseException) -> ChimpError:
             f"database_url: {detail}; the schema is missing or old: run `chimp-worker db "
             "upgrade` (on a facility's ISPyB it creates only the chimp_* tables)"
         )
-    if code in ACCESS_MYSQL_CODES:
+    if code is not None and code in ACCESS_MYSQL_CODES:
         detail = str(original.args[1]) if len(original.args) > 1 else ""
         return DatabaseAccessError(
             f"database_url: MariaDB error {code}, {ACCESS_MYSQL_CODES[code]}: {detail}; "

@@ -14,17 +14,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import RowMapping, bindparam, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.errors import NotFoundError
 from chimp_worker.ispyb.database import translate_db_errors
 from chimp_worker.ispyb.queries import as_datetime
-from chimp_worker.report.model import PlateLayout
+from chimp_worker.plate_layout import PlateLayout
 
 # --- SQL (quoted in docs/hits.md) -------------------------------------------------------------
 
@@ -140,14 +140,14 @@ class CoursePoint:
     isHit: bool
 
 
-def _visit(row: Mapping[str, Any]) -> str | None:
+def _visit(row: RowMapping) -> str | None:
     if not row["proposalCode"] or not row["proposalNumber"]:
         return None
     suffix = f"-{row['visit_number']}" if row["visit_number"] is not None else ""
     return f"{row['proposalCode']}{row['proposalNumber']}{suffix}"
 
 
-def _well_and_drop(row: Mapping[str, Any]) -> tuple[str | None, int | None]:
+def _well_and_drop(row: RowMapping) -> tuple[str | None, int | None]:
     layout = PlateLayout.from_container_type(
         capacity=row["capacity"],
         well_per_row=row["wellPerRow"],
@@ -163,15 +163,17 @@ def _well_and_drop(row: Mapping[str, Any]) -> tuple[str | None, int | None]:
 
 
 def _location_order(location: str | None) -> int:
+    if location is None:
+        return 10**9
     try:
-        return int(location)  # type: ignore[arg-type]
+        return int(location)
     except (TypeError, ValueError):
         return 10**9
 
 
-def _ranked(rows: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+def _ranked(rows: Sequence[RowMapping]) -> dict[int, int]:
     """blSampleId -> rank on its plate: hits now first, then promise, then plate order."""
-    by_plate: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    by_plate: dict[int, list[RowMapping]] = defaultdict(list)
     for row in rows:
         by_plate[int(row["containerId"])].append(row)
     ranks = {}
@@ -212,7 +214,7 @@ def _plate_filters(filters: HitFilters) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
-def _course_rows(session: Session, filters: HitFilters) -> list[Mapping[str, Any]]:
+def _course_rows(session: Session, filters: HitFilters) -> list[RowMapping]:
     conditions, params = _plate_filters(filters)
     sql = COURSES_SQL + " WHERE 1 = 1" + conditions
     return list(session.execute(text(sql), params).mappings().all())
@@ -229,11 +231,9 @@ def plates_for(session_factory: sessionmaker[Session], filters: HitFilters) -> l
     return sorted(int(row) for row in rows)
 
 
-def _in_query(
-    session: Session, sql: str, ids: Sequence[int], **params: Any
-) -> list[Mapping[str, Any]]:
+def _in_query(session: Session, sql: str, ids: Sequence[int], **params: Any) -> list[RowMapping]:
     statement = text(sql).bindparams(bindparam("containerIds", expanding=True))
-    rows: list[Mapping[str, Any]] = []
+    rows: list[RowMapping] = []
     unique = sorted(set(ids))
     for start in range(0, len(unique), _IN_CHUNK):
         chunk = unique[start : start + _IN_CHUNK]
@@ -294,7 +294,7 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _hit_row(row: Mapping[str, Any], rank: int) -> HitRow:
+def _hit_row(row: RowMapping, rank: int) -> HitRow:
     well, drop = _well_and_drop(row)
     return HitRow(
         barcode=row["barcode"],

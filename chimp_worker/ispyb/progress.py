@@ -15,16 +15,20 @@ Announcing is the second phase: the completion commit and the publish cannot sha
 transaction, so ``resultsPublishedAt`` is set only after the broker confirmed results-ready.
 A worker killed in between leaves the inspection done with ``resultsPublishedAt`` NULL, which
 ``results_pending_publication`` reports to whoever handles the redelivered message.
+
+Which images still need work is decided here once (``work_reason``), for the worker planning
+an event and for a replay listing a backlog alike: no result yet, a failed attempt, or a done
+result that is stale (``stale_reason``: other model files, or another target rule).
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import CursorResult, Update, case, func, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -47,6 +51,11 @@ class InspectionImage:
     micronsPerPixelX: float | None
     micronsPerPixelY: float | None
     location: str | None  # BLSample.location: the drop's linear index on the plate
+
+
+def _rows_updated(session: Session, statement: Update) -> int:
+    """How many rows an UPDATE matched: the compare-and-set answer the rules below rely on."""
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount
 
 
 def _require_inspection(session: Session, inspection_id: int) -> None:
@@ -85,6 +94,113 @@ def inspection_images(
     return [InspectionImage(*row) for row in rows]
 
 
+# --- which images need work (the one definition) --------------------------------------------
+
+UNPROCESSED = "unprocessed"
+FAILED = "failed"
+MODEL_CHANGED = "model changed"
+RULE_CHANGED = "rule changed"
+REASONS = (UNPROCESSED, FAILED, MODEL_CHANGED, RULE_CHANGED)
+
+_IN_CHUNK = 500  # ids per IN (...) list: well under every backend's parameter limit
+
+
+def stale_reason(
+    checksums: frozenset[str],
+    current_checksums: frozenset[str] | None,
+    rule: str | None,
+    current_rule: str | None,
+) -> str | None:
+    """Why a done result is out of date (MODEL_CHANGED, RULE_CHANGED), or None.
+
+    Its model files (by sha256) are compared with ``current_checksums``, its stored target
+    ``rule`` (None: stored before results recorded one) with ``current_rule``; either None
+    skips that comparison. New model files win over a new rule (the redo covers both).
+    """
+    if current_checksums is not None and checksums != current_checksums:
+        return MODEL_CHANGED
+    if current_rule is not None and rule != current_rule:
+        return RULE_CHANGED
+    return None
+
+
+def work_reason(
+    state: str | None,
+    checksums: frozenset[str],
+    current_checksums: frozenset[str] | None,
+    rule: str | None = None,
+    current_rule: str | None = None,
+) -> str | None:
+    """Why an image needs work (a REASONS value), or None when it is up to date.
+
+    ``state`` is its ``chimp_image_result`` state (None: no row). A 'pending' row is an image
+    planned but never finished: as unprocessed as no row at all.
+    """
+    if state == "done":
+        return stale_reason(checksums, current_checksums, rule, current_rule)
+    if state == "failed":
+        return FAILED
+    return UNPROCESSED
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """One BLSampleImage with the worker's state for it (no ``chimp_image_result`` row: None)."""
+
+    containerInspectionId: int
+    blSampleImageId: int
+    state: str | None
+    failureReason: str | None
+    targetRule: str | None
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
+    unique = sorted(set(ids))
+    for start in range(0, len(unique), _IN_CHUNK):
+        yield unique[start : start + _IN_CHUNK]
+
+
+def image_states(session: Session, inspection_ids: Sequence[int]) -> list[ImageState]:
+    """Every image of the inspections with its result state, by inspection and image id."""
+    found: list[ImageState] = []
+    for chunk in _chunks(inspection_ids):
+        rows = session.execute(
+            select(
+                t.BLSampleImage.containerInspectionId,
+                t.BLSampleImage.blSampleImageId,
+                ChimpImageResult.state,
+                ChimpImageResult.failureReason,
+                ChimpImageResult.targetRule,
+            )
+            .outerjoin(
+                ChimpImageResult,
+                ChimpImageResult.blSampleImageId == t.BLSampleImage.blSampleImageId,
+            )
+            .where(t.BLSampleImage.containerInspectionId.in_(chunk))
+            .order_by(t.BLSampleImage.containerInspectionId, t.BLSampleImage.blSampleImageId)
+        ).all()
+        found.extend(ImageState(*row) for row in rows)
+    return found
+
+
+def image_model_checksums(
+    session: Session, inspection_ids: Sequence[int]
+) -> dict[int, frozenset[str]]:
+    """blSampleImageId -> sha256 of the model files its stored result came from."""
+    checksums: dict[int, set[str]] = {}
+    for chunk in _chunks(inspection_ids):
+        for image_id, sha in session.execute(
+            select(ChimpImageModel.blSampleImageId, ChimpImageModel.sha256)
+            .join(
+                t.BLSampleImage,
+                t.BLSampleImage.blSampleImageId == ChimpImageModel.blSampleImageId,
+            )
+            .where(t.BLSampleImage.containerInspectionId.in_(chunk))
+        ):
+            checksums.setdefault(int(image_id), set()).add(sha)
+    return {image_id: frozenset(shas) for image_id, shas in checksums.items()}
+
+
 def images_needing_work(
     session_factory: sessionmaker[Session],
     inspection_id: int,
@@ -93,50 +209,30 @@ def images_needing_work(
     include_failed: bool = True,
     target_rule: str | None = None,
 ) -> list[int]:
-    """Image ids of the inspection without a done result (or failed, unless excluded).
+    """Image ids of the inspection that need work (``work_reason``), failed ones unless excluded.
 
     With ``model_checksums``, a done result whose model files (by sha256) are not exactly that
     set needs work too: that is how a model upgrade is replayed. With ``target_rule`` (the
     analyser's ``TargetRule`` value), so does a done result computed by another rule, or
     stored before results recorded one.
     """
+    current = frozenset(model_checksums) if model_checksums is not None else None
     with transaction(session_factory) as session:
         _require_inspection(session, inspection_id)
-        rows = session.execute(
-            select(
-                t.BLSampleImage.blSampleImageId,
-                ChimpImageResult.state,
-                ChimpImageResult.targetRule,
-            )
-            .outerjoin(
-                ChimpImageResult,
-                ChimpImageResult.blSampleImageId == t.BLSampleImage.blSampleImageId,
-            )
-            .where(t.BLSampleImage.containerInspectionId == inspection_id)
-            .order_by(t.BLSampleImage.blSampleImageId)
-        ).all()
-        checksums: dict[int, set[str]] = {}
-        if model_checksums is not None:
-            for image_id, sha in session.execute(
-                select(ChimpImageModel.blSampleImageId, ChimpImageModel.sha256)
-                .join(
-                    t.BLSampleImage,
-                    t.BLSampleImage.blSampleImageId == ChimpImageModel.blSampleImageId,
-                )
-                .where(t.BLSampleImage.containerInspectionId == inspection_id)
-            ):
-                checksums.setdefault(image_id, set()).add(sha)
+        images = image_states(session, [inspection_id])
+        checksums = image_model_checksums(session, [inspection_id]) if current is not None else {}
     needed = []
-    for image_id, state, rule in rows:
-        if state == "done":
-            models_changed = (
-                model_checksums is not None and checksums.get(image_id, set()) != model_checksums
-            )
-            rule_changed = target_rule is not None and rule != target_rule
-            if models_changed or rule_changed:
-                needed.append(image_id)
-        elif state != "failed" or include_failed:
-            needed.append(image_id)
+    for image in images:
+        reason = work_reason(
+            image.state,
+            checksums.get(image.blSampleImageId, frozenset()),
+            current,
+            image.targetRule,
+            target_rule,
+        )
+        if reason is None or (reason == FAILED and not include_failed):
+            continue
+        needed.append(image.blSampleImageId)
     return needed
 
 
@@ -234,16 +330,18 @@ def try_complete_inspection(session_factory: sessionmaker[Session], inspection_i
             "completedAt": utcnow(),
             "resultsPublishedAt": None,
         }
-        result = session.execute(
+        changed = _rows_updated(
+            session,
             update(ChimpInspection)
             .where(ChimpInspection.containerInspectionId == inspection_id)
             .where(ChimpInspection.state == "pending")
             .values(**summary)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        if result.rowcount == 1:
+        if changed == 1:
             return True
-        refreshed = session.execute(
+        refreshed = _rows_updated(
+            session,
             update(ChimpInspection)
             .where(
                 ChimpInspection.containerInspectionId == inspection_id,
@@ -255,9 +353,9 @@ def try_complete_inspection(session_factory: sessionmaker[Session], inspection_i
                 ),
             )
             .values(**summary)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return refreshed.rowcount == 1
+        return refreshed == 1
 
 
 def results_pending_publication(
@@ -290,25 +388,27 @@ def results_pending_publication(
 def mark_results_published(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
     """Record that the broker confirmed results-ready; False if already recorded (or reopened)."""
     with transaction(session_factory) as session:
-        result = session.execute(
+        changed = _rows_updated(
+            session,
             update(ChimpInspection)
             .where(ChimpInspection.containerInspectionId == inspection_id)
             .where(ChimpInspection.state == "done")
             .where(ChimpInspection.resultsPublishedAt.is_(None))
             .values(resultsPublishedAt=utcnow())
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return result.rowcount == 1
+        return changed == 1
 
 
 def reopen_inspection(session_factory: sessionmaker[Session], inspection_id: int) -> bool:
     """Set a done inspection back to pending (a replay), so its completion fires once more."""
     with transaction(session_factory) as session:
-        result = session.execute(
+        changed = _rows_updated(
+            session,
             update(ChimpInspection)
             .where(ChimpInspection.containerInspectionId == inspection_id)
             .where(ChimpInspection.state == "done")
             .values(state="pending", completedAt=None, resultsPublishedAt=None)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return result.rowcount == 1
+        return changed == 1

@@ -22,12 +22,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import RowMapping, bindparam, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.errors import NotFoundError
 from chimp_worker.ispyb.database import translate_db_errors
-from chimp_worker.report.model import PlateLayout
+from chimp_worker.plate_layout import PlateLayout
 
 # --- SQL (quoted in docs/staff.md) -------------------------------
 
@@ -279,7 +279,7 @@ class DropResult:
 # --- plate and inspections -------------------------------------------------------------------
 
 
-def _visit(row: Mapping[str, Any]) -> str | None:
+def _visit(row: RowMapping) -> str | None:
     if not row["proposalCode"] or not row["proposalNumber"]:
         return None
     number = row["visit_number"]
@@ -287,7 +287,7 @@ def _visit(row: Mapping[str, Any]) -> str | None:
     return f"{row['proposalCode']}{row['proposalNumber']}{suffix}"
 
 
-def _plate_from_row(row: Mapping[str, Any]) -> Plate:
+def _plate_from_row(row: RowMapping) -> Plate:
     layout = PlateLayout.from_container_type(
         capacity=row["capacity"],
         well_per_row=row["wellPerRow"],
@@ -339,7 +339,7 @@ def find_plate(
         return plate
 
 
-def _processing_label(row: Mapping[str, Any]) -> str:
+def _processing_label(row: RowMapping) -> str:
     if row["processing"] == "done":
         return "done"
     if row["state"] != "Completed":
@@ -394,18 +394,16 @@ def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
 
 def _in_query(
     session: Session, sql: str, name: str, ids: Sequence[int], **params: Any
-) -> list[Mapping[str, Any]]:
+) -> list[RowMapping]:
     """Run a query with an expanding ``IN :name`` list, in chunks; nothing for no ids."""
     statement = text(sql).bindparams(bindparam(name, expanding=True))
-    rows: list[Mapping[str, Any]] = []
+    rows: list[RowMapping] = []
     for chunk in _chunks(sorted(set(ids))):
         rows.extend(session.execute(statement, {name: chunk, **params}).mappings().all())
     return rows
 
 
-def _drop_rows(
-    session: Session, plate: Plate, inspection_id: int | None
-) -> list[Mapping[str, Any]]:
+def _drop_rows(session: Session, plate: Plate, inspection_id: int | None) -> list[RowMapping]:
     images = LATEST_IMAGES_SQL if inspection_id is None else INSPECTION_IMAGES_SQL
     sql = DROPS_SQL.format(images=images.strip())
     params = {"containerId": plate.containerId, "containerInspectionId": inspection_id}
@@ -492,7 +490,8 @@ def drop_results(
                 position = plate.layout.locate(location)
             except ValueError:
                 position = None
-        schema, probabilities = _pick_schema(scores.get(image_id, {}), row["schemaName"])
+        image_scores = {} if image_id is None else scores.get(image_id, {})
+        schema, probabilities = _pick_schema(image_scores, row["schemaName"])
         state = "no image" if image_id is None else row["state"] or "pending"
         dispense = positions.get(int(row["blSampleId"]))
         results.append(
@@ -554,7 +553,7 @@ def _dispense_positions(session: Session, plate: Plate) -> dict[int, DispenseRow
     }
 
 
-def _detection(row: Mapping[str, Any]) -> DetectionRow:
+def _detection(row: RowMapping) -> DetectionRow:
     centroid = None
     if row["centroidX"] is not None and row["centroidY"] is not None:
         centroid = (int(row["centroidX"]), int(row["centroidY"]))

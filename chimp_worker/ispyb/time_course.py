@@ -40,7 +40,7 @@ from chimp_worker.ispyb.worker_tables import (
     ChimpInspection,
 )
 from chimp_worker.ispyb.writer import utcnow
-from chimp_worker.report.model import PlateLayout
+from chimp_worker.plate_layout import PlateLayout
 
 
 @dataclass(frozen=True)
@@ -303,13 +303,11 @@ def _store_observations(
     for key, row in existing.items():
         if key in fresh:
             continue
-        inspection = inspections.get(row.containerInspectionId)
-        if row.containerInspectionId in recomputed or inspection is None:
+        current = inspections.get(row.containerInspectionId)
+        if row.containerInspectionId in recomputed or current is None:
             session.delete(row)  # its image is no longer done, or the inspection is gone
             written += 1
-        elif _assign_changes(
-            row, {"inspectionNumber": inspection.number, "inspectedAt": inspection.at}
-        ):
+        elif _assign_changes(row, {"inspectionNumber": current.number, "inspectedAt": current.at}):
             row.updatedAt = now
             written += 1
     session.flush()
@@ -434,8 +432,10 @@ def _new_hits(session: Session, plate: _Plate, inspection_id: int) -> tuple[Drop
 
 def locate(layout: PlateLayout, location: str | None) -> tuple[str | None, int | None]:
     """Well name and drop number of a BLSample.location; (None, None) when it does not fit."""
+    if location is None:
+        return None, None
     try:
-        position = layout.locate(int(location))  # type: ignore[arg-type]
+        position = layout.locate(int(location))
     except (TypeError, ValueError):
         return None, None
     return position.well, position.drop

@@ -105,14 +105,18 @@ class HitSummary:
     @classmethod
     def of(cls, checks: tuple[HitCheck, ...]) -> HitSummary:
         crystal = [c for c in checks if c.truth_first is not None]
-        called = [c for c in crystal if c.first_hit is not None]
+        called = [
+            (c.first_hit, c.truth_first)
+            for c in crystal
+            if c.first_hit is not None and c.truth_first is not None
+        ]
         return cls(
             drops=len(checks),
             crystal_drops=len(crystal),
             exact=sum(c.agrees for c in checks),
             crystal_exact=sum(c.agrees for c in crystal),
-            early=sum(c.first_hit < c.truth_first for c in called),  # type: ignore[operator]
-            late=sum(c.first_hit > c.truth_first for c in called),  # type: ignore[operator]
+            early=sum(first_hit < truth_first for first_hit, truth_first in called),
+            late=sum(first_hit > truth_first for first_hit, truth_first in called),
             missed=len(crystal) - len(called),
             false_hits=sum(c.truth_first is None and c.first_hit is not None for c in checks),
         )
@@ -183,7 +187,7 @@ def run_demo(
     from chimp_worker.ispyb import schema
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.mock_imager.http_server import ImageServer
-    from chimp_worker.pipeline import Pipeline
+    from chimp_worker.wiring import make_pipeline
 
     started = time.perf_counter()
     local = demo_settings(settings, options)
@@ -218,7 +222,7 @@ def run_demo(
         if options.over_http:
             server = stack.enter_context(ImageServer(image_root))
             local = local.model_copy(update={"image_url_template": server.url_template})
-        pipeline = Pipeline.from_settings(local)
+        pipeline = make_pipeline(local)
         stack.callback(pipeline.close)
         log.info(
             "demo_processing",
@@ -280,13 +284,13 @@ def check_against_truth(
             continue
         image = images[result.blSampleImageId]
         truth = image.truth
-        drops = [d for d in result.detections if d.label == "drop" and d.centroid]
-        drop_found = truth.drop_contains(*drops[0].centroid) if drops else None
-        has_point = result.dispenseX is not None and result.dispenseY is not None
+        drop_centres = [d.centroid for d in result.detections if d.label == "drop" and d.centroid]
+        drop_found = truth.drop_contains(*drop_centres[0]) if drop_centres else None
+        point_x, point_y = result.dispenseX, result.dispenseY
         inside = on_crystal = None
-        if has_point:
-            inside = truth.drop_contains(result.dispenseX, result.dispenseY)
-            on_crystal = truth.crystal_at(result.dispenseX, result.dispenseY) is not None
+        if point_x is not None and point_y is not None:
+            inside = truth.drop_contains(point_x, point_y)
+            on_crystal = truth.crystal_at(point_x, point_y) is not None
         targets = [(t.x, t.y) for t in result.targets]
         checks.append(
             DropCheck(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect
 
 from chimp_worker.errors import DatabaseSchemaError
 from chimp_worker.ispyb.database import (
@@ -111,7 +111,7 @@ def run_mock_imager(
         engine.dispose()
 
 
-def require_core_tables(engine: object) -> None:
+def require_core_tables(engine: Engine) -> None:
     """A clear error instead of "no such table" when the database has no ISPyB schema."""
     with translate_db_errors():
         tables = set(inspect(engine).get_table_names())

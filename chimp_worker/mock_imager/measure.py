@@ -36,12 +36,14 @@ def crystal_hit(crystal: CrystalTruth, x: float, y: float) -> bool:
 
 def drop_iou(analysis: ImageAnalysis, truth: GroundTruth) -> float:
     """IoU of the analyser's best drop with the true drop (0 when it found none)."""
-    drops = [d for d in analysis.detections if d.label == "drop" and d.mask is not None]
+    drops = [
+        (d.score, d.mask) for d in analysis.detections if d.label == "drop" and d.mask is not None
+    ]
     if not drops:
         return 0.0
-    best = max(drops, key=lambda d: d.score)
+    _, best_mask = max(drops, key=lambda scored: scored[0])
     true = truth.drop_mask
-    found = best.mask.full()  # type: ignore[union-attr]
+    found = best_mask.full()
     union = int((found | true).sum())
     return float((found & true).sum() / union) if union else 0.0
 

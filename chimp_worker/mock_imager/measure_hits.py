@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flavour", default="vmxi")
     parser.add_argument("--size", default="native", help="WIDTHxHEIGHT or native")
     args = parser.parse_args(argv)
-    size = None if args.size == "native" else tuple(int(v) for v in args.size.split("x"))
+    size: tuple[int, int] | None = None
+    if args.size != "native":
+        width, height = (int(v) for v in args.size.split("x"))
+        size = (width, height)
     settings = load_settings()
     totals = HitSummary(0, 0, 0, 0, 0, 0, 0, 0)
     growth = GrowthSteps()
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                     wells=args.wells,
                     seed=args.seed + n,
                     inspections=args.schedule,
-                    image_size=size,  # type: ignore[arg-type]
+                    image_size=size,
                     report=False,
                 ),
             )

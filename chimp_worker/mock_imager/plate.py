@@ -43,6 +43,7 @@ from chimp_worker.mock_imager.synthetic import (
     encode_thumbnail,
     render_scene,
 )
+from chimp_worker.plate_layout import MOCK_DEFAULT_DROPS_X, PlateLayout
 
 log = get_logger(__name__)
 
@@ -141,17 +142,20 @@ class MockPlate:
 
 @dataclass(frozen=True)
 class _Layout:
-    """The plate geometry of a ContainerType row (rows A-H)."""
+    """A ContainerType row as the mock imager creates a plate of it: the shared geometry, its
+    id and name, and how many wells its capacity holds (exactly, not rounded up to rows)."""
 
     container_type_id: int
     name: str
-    wells_per_row: int
-    drops_per_well: int
+    geometry: PlateLayout
     wells: int
 
+    @property
+    def drops_per_well(self) -> int:
+        return self.geometry.drops_per_well
+
     def well_name(self, well_index: int) -> str:
-        row, column = divmod(well_index, self.wells_per_row)
-        return f"{chr(ord('A') + row)}{column + 1}"
+        return self.geometry.well_name(well_index)
 
 
 def create_plate(
@@ -409,12 +413,17 @@ def _layout(session: Session, name: str) -> _Layout:
     if row is None:
         known = sorted(n for n in session.scalars(select(t.ContainerType.name)) if n)
         raise ValueError(f"unknown container type {name!r}; this database knows {known}")
-    drops_x, drops_y = row.dropPerWellX or 1, row.dropPerWellY or 1
-    reservoir = 1 if row.wellDrop is not None and row.wellDrop >= 0 else 0
-    per_well = drops_x * drops_y - reservoir
-    per_row = row.wellPerRow or 12
-    wells = (row.capacity // per_well) if row.capacity else 8 * per_row
-    return _Layout(row.containerTypeId, name, per_row, per_well, wells)
+    geometry = PlateLayout.from_container_type(
+        capacity=row.capacity,
+        well_per_row=row.wellPerRow,
+        drop_per_well_x=row.dropPerWellX,
+        drop_per_well_y=row.dropPerWellY,
+        well_drop=row.wellDrop,
+        default_drops_x=MOCK_DEFAULT_DROPS_X,
+    )
+    # Without a capacity the mock fills 8 rows (ISPyB's plates); with one, exactly its wells.
+    wells = row.capacity // geometry.drops_per_well if row.capacity else 8 * geometry.wells_per_row
+    return _Layout(row.containerTypeId, name, geometry, wells)
 
 
 def _imager(session: Session, flavour: str) -> int:

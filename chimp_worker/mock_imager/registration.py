@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import TableClause, column, inspect, select, table
+from sqlalchemy import CursorResult, TableClause, column, inspect, select, table
 from sqlalchemy.orm import Session
 
 from chimp_worker.ispyb import tables as t
@@ -148,5 +149,5 @@ def _visit(
 
 def _insert(session: Session, target: TableClause, **values: object) -> int:
     """Insert one row into a lightweight table; returns its auto-increment id."""
-    result = session.execute(target.insert().values(**values))
-    return int(result.lastrowid)  # type: ignore[attr-defined]
+    result = cast("CursorResult[Any]", session.execute(target.insert().values(**values)))
+    return int(result.lastrowid)

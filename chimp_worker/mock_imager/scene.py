@@ -64,6 +64,11 @@ class Circle:
     r: float
 
 
+def _point(value: float) -> np.ndarray:
+    """One coordinate as a 0-d float32 array, for the array-wise ``Ellipse.normalised_radius``."""
+    return np.asarray(value, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class Ellipse:
     """A rotated ellipse: centre, semi-axes along its own axes, rotation in degrees."""
@@ -84,7 +89,7 @@ class Ellipse:
         return np.sqrt((u / np.float32(self.rx)) ** 2 + (v / np.float32(self.ry)) ** 2)
 
     def contains(self, x: float, y: float) -> bool:
-        rho = self.normalised_radius(np.float32(x), np.float32(y))
+        rho = self.normalised_radius(_point(x), _point(y))
         return bool(rho <= 1.0)
 
     def point_at(self, rho: float, phi: float) -> tuple[float, float]:
@@ -391,7 +396,7 @@ def _placement_ok(
 ) -> bool:
     if not (0 <= x < width and 0 <= y < height):
         return False
-    if float(drop.normalised_radius(np.float32(x), np.float32(y))) > 1.02:
+    if float(drop.normalised_radius(_point(x), _point(y))) > 1.02:
         return False
     for px, py, pr in placed:
         gap = math.hypot(x - px, y - py)

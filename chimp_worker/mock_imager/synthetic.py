@@ -234,7 +234,7 @@ def _paint_precipitate(
     """Grainy dark clumps over the drop; returns their weight map for brown tinting."""
     side = scene.short_side
     h, w = image.shape
-    grain = cv2.GaussianBlur(
+    grain: np.ndarray = cv2.GaussianBlur(
         rng.standard_normal((h, w), dtype=np.float32), (0, 0), max(0.7, 0.0012 * side)
     )
     grain /= grain.std() + 1e-6
@@ -395,7 +395,7 @@ def _regions_touch(a: MaskRegion, b: MaskRegion, box: tuple[int, int, int, int])
         canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = region.crop[
             sy0 - region.y0 : sy1 - region.y0, sx0 - region.x0 : sx1 - region.x0
         ]
-    grown = cv2.dilate(canvas_a, np.ones((5, 5), np.uint8))
+    grown: np.ndarray = cv2.dilate(canvas_a, np.ones((5, 5), np.uint8))
     return bool((grown & canvas_b).any())
 
 

@@ -19,7 +19,6 @@ from chimp_worker.models.classifier import (
     save_classifier_checkpoint,
 )
 from chimp_worker.models.detector import (
-    FLAVOUR_CLASSES,
     LoadedDetector,
     build_detector,
     load_detector,
@@ -28,7 +27,6 @@ from chimp_worker.models.detector import (
 
 __all__ = [
     "DEFAULT_CLASSIFIER_TYPE",
-    "FLAVOUR_CLASSES",
     "AnalysisOptions",
     "ChimpAnalyser",
     "LoadedClassifier",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -28,6 +28,13 @@ from chimp_worker.analysis import (
     ModelRef,
     TargetRule,
 )
+from chimp_worker.detector_kinds import (
+    DETECTOR_KINDS,
+    configured_model_files,
+    crystal_role,
+    detector_kind,
+    drop_role,
+)
 from chimp_worker.errors import ConfigError
 from chimp_worker.geometry import dispense_point, published_dispense_point
 from chimp_worker.log import get_logger
@@ -35,7 +42,6 @@ from chimp_worker.models.classifier import LoadedClassifier, load_classifier
 from chimp_worker.models.classifier_fusion import fuse_convnext_blocks
 from chimp_worker.models.detector import (
     DETECTOR_ARCHITECTURE,
-    FLAVOUR_CLASSES,
     LoadedDetector,
     detections_from_output,
     load_detector,
@@ -112,8 +118,10 @@ def _chunks(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
 class ChimpAnalyser:
     """Classifier probabilities, detections, crystal targets and the dispense point per image.
 
-    Crystal targets come from the VMXi detector, or from the XChem detector's crystals when it
-    is the only detector; the dispense point needs the XChem detector (drops).
+    ``detectors`` maps detector kind names (``detector_kinds``) to loaded detectors. Crystal
+    targets come from the first kind there that supplies crystals (the VMXi detector, or the
+    XChem detector's crystals when it is the only one); the dispense point needs a kind that
+    supplies drops (the XChem detector).
     """
 
     name = "chimp"
@@ -123,24 +131,24 @@ class ChimpAnalyser:
         self,
         *,
         classifier: LoadedClassifier | None = None,
-        vmxi_detector: LoadedDetector | None = None,
-        xchem_detector: LoadedDetector | None = None,
+        detectors: Mapping[str, LoadedDetector] | None = None,
         options: AnalysisOptions | None = None,
         device: torch.device | None = None,
     ) -> None:
-        if classifier is None and vmxi_detector is None and xchem_detector is None:
+        detectors = detectors or {}
+        if classifier is None and not detectors:
             raise ConfigError(
-                "the CHiMP analyser needs at least one model file: set classifier_path, "
-                "vmxi_detector_path or xchem_detector_path"
+                "the CHiMP analyser needs at least one model file: set classifier_path or "
+                f"detector_paths ({', '.join(DETECTOR_KINDS)})"
             )
         self.options = options or AnalysisOptions()
         self.device = device or torch.device("cpu")
         self.classifier = classifier
-        self.detectors: dict[str, LoadedDetector] = {}
-        if vmxi_detector is not None:
-            self.detectors["vmxi_detector"] = vmxi_detector
-        if xchem_detector is not None:
-            self.detectors["xchem_detector"] = xchem_detector
+        # By role, in registry order (the order results list their models in).
+        kinds = [detector_kind(name) for name in detectors]
+        self.detectors: dict[str, LoadedDetector] = {
+            kind.role: detectors[kind.name] for kind in DETECTOR_KINDS.values() if kind in kinds
+        }
         inside = self.options.model_score_threshold
         if inside is None:
             inside = model_score_threshold(self.options.score_threshold)
@@ -174,17 +182,13 @@ class ChimpAnalyser:
     def from_settings(cls, settings: Settings) -> ChimpAnalyser:
         """Load the configured model files and apply the thread and device settings."""
         configure_threads(settings.torch_threads)
-        classifier = vmxi = xchem = None
-        if settings.classifier_path is not None:
-            classifier = load_classifier(settings.classifier_path)
-        if settings.vmxi_detector_path is not None:
-            vmxi = load_detector(
-                settings.vmxi_detector_path, FLAVOUR_CLASSES["vmxi"], role="VMXi detector"
-            )
-        if settings.xchem_detector_path is not None:
-            xchem = load_detector(
-                settings.xchem_detector_path, FLAVOUR_CLASSES["xchem"], role="XChem detector"
-            )
+        classifier = None
+        detectors: dict[str, LoadedDetector] = {}
+        for model_file in configured_model_files(settings):
+            if model_file.kind == "classifier":
+                classifier = load_classifier(model_file.path)
+            else:
+                detectors[model_file.kind] = load_detector(model_file.path, kind=model_file.kind)
         device = resolve_device(settings.device)
         if settings.precision == "bf16" and device.type == "cpu" and not bf16_supported():
             log.warning(
@@ -193,17 +197,20 @@ class ChimpAnalyser:
             )
         return cls(
             classifier=classifier,
-            vmxi_detector=vmxi,
-            xchem_detector=xchem,
+            detectors=detectors,
             options=AnalysisOptions.from_settings(settings),
             device=device,
         )
 
     @property
     def crystal_role(self) -> str | None:
-        if "vmxi_detector" in self.detectors:
-            return "vmxi_detector"
-        return "xchem_detector" if "xchem_detector" in self.detectors else None
+        """The detector role whose crystals become targets."""
+        return crystal_role(self.detectors)
+
+    @property
+    def drop_role(self) -> str | None:
+        """The detector role whose drops place the dispense point."""
+        return drop_role(self.detectors)
 
     # --- stage 1: preprocessing (CPU only, thread-safe) -----------------------------------
 
@@ -356,7 +363,8 @@ class ChimpAnalyser:
         """(all detections, crystal targets, dispense point) of one image by ``rule``.
 
         Crystal targets are the crystal-role detector's centroids (computed by the same rule
-        in ``postprocess``); the dispense point needs the XChem detector's drops.
+        in ``postprocess``); the dispense point needs the drop-role detector (XChem): its
+        drops, kept clear of its crystals.
         """
         rule = rule or self.options.target_rule
         detections: list[Detection] = []
@@ -371,10 +379,11 @@ class ChimpAnalyser:
                     x, y = detection.centroid
                     targets.append(CrystalTarget(x, y, detection.score, offset + index))
         dispense: DispensePoint | None = None
-        if "xchem_detector" in found:
-            xchem = found["xchem_detector"]
-            drops = [d for d in xchem if d.label == "drop"]
-            crystals = [d for d in xchem if d.label == "crystal"]
+        drops_from = drop_role(found)
+        if drops_from is not None:
+            drop_detections = found[drops_from]
+            drops = [d for d in drop_detections if d.label == "drop"]
+            crystals = [d for d in drop_detections if d.label == "crystal"]
             margin = self.options.dispense_margin_px
             if rule == TargetRule.PUBLISHED:
                 dispense = published_dispense_point(

@@ -9,7 +9,6 @@ what is wrong with it.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from chimp_worker.checksums import file_sha256
 from chimp_worker.errors import ModelFileError
 
 __all__ = [
@@ -30,8 +30,6 @@ __all__ = [
 ]
 
 FileKind = Literal["classifier", "detector", "unknown"]
-
-_CHUNK = 1 << 20
 
 
 def _numpy_safe_globals() -> list[Any]:
@@ -48,15 +46,6 @@ def _numpy_safe_globals() -> list[Any]:
         if isinstance(dtype_class, type) and issubclass(dtype_class, np.dtype):
             entries.append(dtype_class)
     return entries
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks; identifies the model version in results."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_model_file(path: Path, role: str) -> Any:

@@ -149,7 +149,8 @@ def classifier_from_contents(contents: Any, path: Path) -> LoadedClassifier:
     if kind == "detector":
         raise ModelFileError(
             f"classifier file {path} is a Mask R-CNN detector state_dict, not a classifier "
-            "checkpoint; set it as vmxi_detector_path or xchem_detector_path instead"
+            "checkpoint; set it in detector_paths (vmxi_detector_path, xchem_detector_path) "
+            "instead"
         )
     if kind != "classifier":
         raise ModelFileError(

@@ -1,8 +1,9 @@
 """The CHiMP detectors: torchvision Mask R-CNN ResNet50-FPN v1 with the published heads.
 
 VMXi detector: 2 classes (background, crystal). XChem detector: 3 classes (background, drop,
-crystal). Files are raw state_dicts (or a dict with ``model_state_dict``), possibly with
-``module.`` prefixes. Nothing is downloaded: the backbone is built with ``weights=None``.
+crystal); the kinds and their labels are data in ``chimp_worker.detector_kinds``. Files are
+raw state_dicts (or a dict with ``model_state_dict``), possibly with ``module.`` prefixes.
+Nothing is downloaded: the backbone is built with ``weights=None``.
 
 Speed without changing results: the final score threshold is applied *inside* the model
 (``roi_heads.score_thresh``) instead of the reference's 0.05 followed by filtering. NMS is
@@ -27,6 +28,12 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from chimp_worker.analysis import Detection, MaskCrop, TargetRule
+from chimp_worker.detector_kinds import (
+    DETECTOR_KINDS,
+    DetectorKind,
+    detector_kind,
+    kind_for_classes,
+)
 from chimp_worker.errors import ModelFileError
 from chimp_worker.geometry import mask_centroid, published_centroid
 from chimp_worker.models.checkpoints import (
@@ -41,7 +48,6 @@ from chimp_worker.models.preprocessing import DETECTOR_INPUT_HEIGHT, DETECTOR_IN
 
 __all__ = [
     "DETECTOR_ARCHITECTURE",
-    "FLAVOUR_CLASSES",
     "REFERENCE_SCORE_THRESHOLD",
     "LoadedDetector",
     "build_detector",
@@ -54,11 +60,6 @@ __all__ = [
 ]
 
 DETECTOR_ARCHITECTURE = "maskrcnn_resnet50_fpn"
-FLAVOUR_CLASSES: Mapping[str, int] = {"vmxi": 2, "xchem": 3}
-_LABELS: Mapping[int, tuple[str, ...]] = {
-    2: ("background", "crystal"),
-    3: ("background", "drop", "crystal"),
-}
 # torchvision's default, which the published tooling runs with before filtering at 0.6.
 REFERENCE_SCORE_THRESHOLD = 0.05
 _BOX_PREDICTOR_IN = 1024
@@ -68,12 +69,7 @@ _MASK_HIDDEN = 256
 
 def label_names(num_classes: int) -> tuple[str, ...]:
     """Label name for each class index of a detector with ``num_classes`` classes."""
-    try:
-        return _LABELS[num_classes]
-    except KeyError:
-        raise ValueError(
-            f"a CHiMP detector has 2 (VMXi) or 3 (XChem) classes, not {num_classes}"
-        ) from None
+    return kind_for_classes(num_classes).labels
 
 
 def build_detector(
@@ -142,14 +138,21 @@ class LoadedDetector:
     num_classes: int
     path: Path
     sha256: str
+    kind_name: str | None = None  # None: the kind its number of classes says
+
+    @property
+    def kind(self) -> DetectorKind:
+        if self.kind_name is not None:
+            return detector_kind(self.kind_name)
+        return kind_for_classes(self.num_classes)
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return label_names(self.num_classes)
+        return self.kind.labels
 
     @property
     def flavour(self) -> str:
-        return "vmxi" if self.num_classes == 2 else "xchem"
+        return self.kind.name
 
     def set_score_threshold(self, model_threshold: float) -> None:
         """Score threshold applied inside the model (before NMS), see module docstring."""
@@ -187,20 +190,37 @@ def _forward_unpasted(model: MaskRCNN, images: list[torch.Tensor]) -> list[dict[
 
 
 def load_detector(
-    path: Path, expected_classes: int | None = None, role: str = "detector"
+    path: Path,
+    expected_classes: int | None = None,
+    role: str | None = None,
+    *,
+    kind: str | None = None,
 ) -> LoadedDetector:
     """Load a detector file (raw or wrapped state_dict); ModelFileError when it is not one.
 
-    ``expected_classes`` (2 for VMXi, 3 for XChem) refuses the other detector's file.
+    ``kind`` (a ``detector_kinds`` name) or ``expected_classes`` (2 for VMXi, 3 for XChem)
+    refuses another kind's file; ``role`` names the file in messages.
     """
     path = Path(path)
-    return detector_from_contents(read_model_file(path, role), path, expected_classes, role)
+    title = role or (detector_kind(kind).title if kind else "detector")
+    contents = read_model_file(path, title)
+    return detector_from_contents(contents, path, expected_classes, role, kind=kind)
 
 
 def detector_from_contents(
-    contents: object, path: Path, expected_classes: int | None = None, role: str = "detector"
+    contents: object,
+    path: Path,
+    expected_classes: int | None = None,
+    role: str | None = None,
+    *,
+    kind: str | None = None,
 ) -> LoadedDetector:
     """``load_detector`` for a file already read with ``read_model_file``."""
+    if kind is not None:
+        expected = detector_kind(kind)
+        expected_classes = expected.num_classes
+        role = role or expected.title
+    role = role or "detector"
     state = detector_state_dict(contents)
     if state is None:
         if file_kind(contents) == "classifier":
@@ -220,18 +240,33 @@ def detector_from_contents(
     if expected_classes is not None and num_classes != expected_classes:
         raise ModelFileError(
             f"{role} file {path} has {num_classes} classes, expected {expected_classes} "
-            "(the VMXi detector has 2: background, crystal; the XChem detector 3: background, "
-            "drop, crystal)"
+            f"({_kinds_described()})"
         )
-    if num_classes not in _LABELS:
+    try:
+        kind_for_classes(num_classes)
+    except ValueError:
         raise ModelFileError(
-            f"{role} file {path} has {num_classes} classes; CHiMP detectors have 2 or 3"
-        )
+            f"{role} file {path} has {num_classes} classes; CHiMP detectors have "
+            f"{' or '.join(sorted({str(k.num_classes) for k in DETECTOR_KINDS.values()}))}"
+        ) from None
     model = build_detector(num_classes)
     load_state_strict(model, state, path, role)
     return LoadedDetector(
-        model=model.eval(), num_classes=num_classes, path=path, sha256=file_sha256(path)
+        model=model.eval(),
+        num_classes=num_classes,
+        path=path,
+        sha256=file_sha256(path),
+        kind_name=kind,
     )
+
+
+def _kinds_described() -> str:
+    """'the VMXi detector has 2: background, crystal; the XChem detector 3: ...'"""
+    parts = [
+        f"the {k.title} {'has ' if i == 0 else ''}{k.num_classes}: {', '.join(k.labels)}"
+        for i, k in enumerate(DETECTOR_KINDS.values())
+    ]
+    return "; ".join(parts)
 
 
 def detections_from_output(

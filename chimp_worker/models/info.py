@@ -9,22 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from chimp_worker.detector_kinds import CLASSIFIER, detector_kind
 from chimp_worker.errors import ModelFileError
 from chimp_worker.models.checkpoints import file_kind, read_model_file
 from chimp_worker.models.classifier import classifier_from_contents
 from chimp_worker.models.detector import (
     DETECTOR_ARCHITECTURE,
-    FLAVOUR_CLASSES,
     detector_from_contents,
 )
 from chimp_worker.models.preprocessing import DETECTOR_INPUT_HEIGHT, DETECTOR_INPUT_WIDTH
 
 __all__ = ["ExpectedKind", "ModelFileInfo", "describe_model_file"]
 
-ExpectedKind = Literal["classifier", "vmxi", "xchem"]
-_ROLE_NAMES = {"classifier": "classifier", "vmxi": "VMXi detector", "xchem": "XChem detector"}
+ExpectedKind = str  # "classifier" or a detector kind's name (``detector_kinds``)
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ class ModelFileInfo:
     """A loadable model file, described."""
 
     path: Path
-    role: str  # "classifier", "vmxi_detector" or "xchem_detector"
+    role: str  # "classifier" or a detector kind's role, e.g. "vmxi_detector"
     architecture: str
     classes: tuple[str, ...]  # in the order of the model's outputs
     input_size: str
@@ -64,7 +62,10 @@ def describe_model_file(
 ) -> ModelFileInfo:
     """Load ``path`` and describe it; with ``expected``, refuse a file of another kind."""
     path = Path(path)
-    role_name = _ROLE_NAMES[expected] if expected else "model"
+    if expected in (None, CLASSIFIER):
+        role_name = expected or "model"
+    else:
+        role_name = detector_kind(expected).title
     contents = read_model_file(path, role_name)
     kind = file_kind(contents)
     if kind == "unknown":
@@ -72,7 +73,7 @@ def describe_model_file(
             f"{role_name} file {path} is neither a CHiMP classifier checkpoint (a dict with "
             "model_state_dict and class_names) nor a Mask R-CNN state_dict"
         )
-    if expected == "classifier" or (expected is None and kind == "classifier"):
+    if expected == CLASSIFIER or (expected is None and kind == CLASSIFIER):
         loaded = classifier_from_contents(contents, path)
         loss = contents.get("loss_val") if isinstance(contents, Mapping) else None
         layout = "checkpoint dict (model_state_dict, model_struc_dict, class_names"
@@ -93,15 +94,14 @@ def describe_model_file(
             size_bytes=path.stat().st_size,
             sha256=loaded.sha256,
         )
-    expected_classes = FLAVOUR_CLASSES.get(expected) if expected else None
-    detector = detector_from_contents(contents, path, expected_classes, role_name)
+    detector = detector_from_contents(contents, path, None, role_name, kind=expected)
     wrapped = isinstance(contents, Mapping) and "model_state_dict" in contents
     layout = "state_dict under model_state_dict" if wrapped else "raw state_dict"
     if _prefixed(contents["model_state_dict"] if wrapped else contents):  # type: ignore[index]
         layout += "; DataParallel 'module.' prefixes stripped"
     return ModelFileInfo(
         path=path,
-        role=f"{detector.flavour}_detector",
+        role=detector.kind.role,
         architecture=f"torchvision {DETECTOR_ARCHITECTURE} (v1), FastRCNN/MaskRCNN predictors",
         classes=detector.labels,
         input_size=(

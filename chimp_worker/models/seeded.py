@@ -24,21 +24,20 @@ import numpy as np
 import torch
 
 from chimp_worker.analysis import CLASS_NAMES
+from chimp_worker.detector_kinds import DETECTOR_KINDS
 from chimp_worker.models.classifier import (
     DEFAULT_CLASSIFIER_TYPE,
     build_classifier,
     save_classifier_checkpoint,
 )
-from chimp_worker.models.detector import (
-    FLAVOUR_CLASSES,
-    build_detector,
-    save_detector_state_dict,
-)
+from chimp_worker.models.detector import build_detector, save_detector_state_dict
 from chimp_worker.models.preprocessing import detector_input
 
 # Shares of the calibration image's proposals that should score >= 0.6 for each class.
 _CRYSTAL_SHARE = 0.012
 _DROP_SHARE = 0.004
+_LABEL_SHARES = {"crystal": _CRYSTAL_SHARE, "drop": _DROP_SHARE}
+_OTHER_SHARE = 0.004  # a label of a detector kind other than drops and crystals
 _CONFIDENT_LOGIT = float(np.log(0.6 / 0.4)) + 0.5
 _LOGIT_SPREAD = 4.0  # std of each foreground logit over proposals after calibration
 _MASK_LOGIT_BIAS = 1.5
@@ -88,12 +87,13 @@ def make_detector_file(
     data_parallel: bool = False,
 ) -> Path:
     """A detector state_dict file (raw, or under ``model_state_dict`` when ``wrapped``)."""
-    if flavour not in FLAVOUR_CLASSES:
-        raise ValueError(f"flavour must be one of {sorted(FLAVOUR_CLASSES)}, got {flavour!r}")
+    if flavour not in DETECTOR_KINDS:
+        raise ValueError(f"flavour must be one of {sorted(DETECTOR_KINDS)}, got {flavour!r}")
     torch.manual_seed(seed)
-    model = build_detector(FLAVOUR_CLASSES[flavour])
+    labels = DETECTOR_KINDS[flavour].labels
+    model = build_detector(len(labels))
     if confident:
-        _make_confident(model, flavour, seed)
+        _make_confident(model, flavour, seed, labels)
     return save_detector_state_dict(model, path, wrapped=wrapped, data_parallel=data_parallel)
 
 
@@ -114,7 +114,7 @@ def _box_head_features(model: torch.nn.Module, flavour: str, seed: int) -> torch
     return captured[0]
 
 
-def _make_confident(model: torch.nn.Module, flavour: str, seed: int) -> None:
+def _make_confident(model: torch.nn.Module, flavour: str, seed: int, labels: Sequence[str]) -> None:
     """Foreground logits along one seeded random direction of the box-head features.
 
     The direction is made orthogonal to the calibration image's mean feature vector: most of
@@ -138,12 +138,12 @@ def _make_confident(model: torch.nn.Module, flavour: str, seed: int) -> None:
     num_classes = predictor.weight.shape[0]
     weight = torch.zeros_like(predictor.weight, dtype=torch.float64)
     bias = torch.zeros(num_classes, dtype=torch.float64)
-    # (sign, share): VMXi crystals; XChem drops (fewer: one drop per well) and crystals.
-    plan = (
-        [(1.0, _CRYSTAL_SHARE)]
-        if num_classes == 2
-        else [(1.0, _DROP_SHARE), (-1.0, _CRYSTAL_SHARE)]
-    )
+    # (sign, share) per foreground label, signs alternating: VMXi crystals; XChem drops
+    # (fewer: one drop per well) and crystals.
+    plan = [
+        (1.0 if index % 2 == 0 else -1.0, _LABEL_SHARES.get(label, _OTHER_SHARE))
+        for index, label in enumerate(labels[1:])
+    ]
     for index, (sign, share) in enumerate(plan, start=1):
         values = sign * scale * projection
         weight[index] = sign * scale * direction

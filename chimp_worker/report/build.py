@@ -308,8 +308,10 @@ def _time_courses(
     courses: dict[int, tuple[CourseMark, ...]] = {}
     ranking = []
     for row in rows:
+        if row.location is None:
+            continue
         try:
-            location = int(row.location)  # type: ignore[arg-type]
+            location = int(row.location)
         except (TypeError, ValueError):
             continue
         courses[location] = tuple(

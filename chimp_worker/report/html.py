@@ -12,6 +12,7 @@ from pathlib import Path
 import jinja2
 
 from chimp_worker import __version__
+from chimp_worker.plate_layout import DropPosition
 from chimp_worker.report.colours import (
     FAILED_FILL,
     NO_IMAGE_FILL,
@@ -29,7 +30,6 @@ from chimp_worker.report.model import (
     STATE_NO_IMAGE,
     STATE_PENDING,
     CourseMark,
-    DropPosition,
     DropRank,
     DropReport,
     InspectionReport,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chimp_worker.report.model import DropPosition, PlateLayout
+from chimp_worker.plate_layout import DropPosition, PlateLayout
 
 Rect = tuple[float, float, float, float]  # x, y, width, height in schematic pixels
 

@@ -223,13 +223,12 @@ def render(
         table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(_plain(row.get(c))) for c in columns))
-    console = Console(
-        file=io.StringIO(), width=width or 240, color_system=None, force_terminal=False
-    )
+    text = io.StringIO()
+    console = Console(file=text, width=width or 240, color_system=None, force_terminal=False)
     console.print(table)
     if not rows:
         console.print("(no rows)")
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    return text.getvalue()
 
 
 def plate_title(plate: Plate, what: str) -> str:

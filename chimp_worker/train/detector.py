@@ -17,12 +17,12 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader
 
+from chimp_worker.detector_kinds import DETECTOR_KINDS, DetectorKind, detector_kind
 from chimp_worker.errors import DatasetError
 from chimp_worker.evaluate.coco import CocoDataset
 from chimp_worker.evaluate.detector import MAP_SCORE_THRESHOLD, evaluate_detector
 from chimp_worker.log import get_logger
 from chimp_worker.models import (
-    FLAVOUR_CLASSES,
     ChimpAnalyser,
     LoadedDetector,
     build_detector,
@@ -31,7 +31,6 @@ from chimp_worker.models import (
     save_detector_state_dict,
 )
 from chimp_worker.models.analyser import AnalysisOptions
-from chimp_worker.models.detector import label_names
 from chimp_worker.train.augment import DetectorAugment
 from chimp_worker.train.data import DetectorImages, detector_samples
 from chimp_worker.train.loop import (
@@ -54,7 +53,7 @@ class DetectorTrainingConfig:
 
     output: Path
     init: Path | None = None  # a published-format state_dict; None: random weights
-    flavour: Literal["vmxi", "xchem"] | None = None  # required without ``init``
+    flavour: str | None = None  # a detector kind (``detector_kinds``); required without init
     epochs: int = 20
     batch_size: int = 4
     max_lr: float = 2e-4  # a one-cycle peak of 2e-4 averages about the paper's 1e-4
@@ -80,18 +79,20 @@ def _collate(batch: list[Any]) -> tuple[list[Any], list[Any]]:
     return list(images), list(targets)
 
 
-def _build(config: DetectorTrainingConfig) -> tuple[torch.nn.Module, int]:
+def _build(config: DetectorTrainingConfig) -> tuple[torch.nn.Module, DetectorKind]:
     if config.init is not None:
         loaded = load_detector(config.init)
-        if config.flavour and FLAVOUR_CLASSES[config.flavour] != loaded.num_classes:
+        if config.flavour and detector_kind(config.flavour).num_classes != loaded.num_classes:
             raise DatasetError(
                 f"{config.init} is a {loaded.flavour} detector, not {config.flavour}"
             )
-        return loaded.model, loaded.num_classes
+        kind = detector_kind(config.flavour) if config.flavour else loaded.kind
+        return loaded.model, kind
     if config.flavour is None:
-        raise DatasetError("training from scratch needs a flavour: vmxi or xchem")
-    num_classes = FLAVOUR_CLASSES[config.flavour]
-    return build_detector(num_classes), num_classes
+        known = " or ".join(DETECTOR_KINDS)
+        raise DatasetError(f"training from scratch needs a flavour: {known}")
+    kind = detector_kind(config.flavour)
+    return build_detector(kind.num_classes), kind
 
 
 def train_detector(
@@ -104,7 +105,7 @@ def train_detector(
     reporter = reporter or SilentReporter()
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    model, num_classes = _build(config)
+    model, kind = _build(config)
     if config.min_size is not None:
         model.transform.min_size = (int(config.min_size),)
     if config.max_size is not None:
@@ -112,8 +113,8 @@ def train_detector(
     # COCOeval keeps the top max_detections per image; pasting more full-size masks is waste
     model.roi_heads.detections_per_img = int(config.max_detections)
     model.to(device)
-    labels = label_names(num_classes)
-    flavour = "vmxi" if num_classes == 2 else "xchem"
+    labels = kind.labels
+    flavour = kind.name
     samples, skipped = detector_samples(train, labels)
     if skipped:
         log.info("train.annotations_left_out", categories=skipped, flavour=flavour)
@@ -134,10 +135,11 @@ def train_detector(
         collate_fn=_collate,
         generator=torch.Generator().manual_seed(config.seed),
     )
-    role = f"{flavour}_detector"
-    loaded = LoadedDetector(model=model, num_classes=num_classes, path=config.output, sha256="")
+    loaded = LoadedDetector(
+        model=model, num_classes=kind.num_classes, path=config.output, sha256="", kind_name=flavour
+    )
     analyser = ChimpAnalyser(
-        **{role: loaded},
+        detectors={flavour: loaded},
         options=AnalysisOptions(
             score_threshold=MAP_SCORE_THRESHOLD,
             mask_threshold=config.mask_threshold,

@@ -18,7 +18,7 @@ from chimp_worker.evaluate.mock_dataset import export_mock_dataset
 from chimp_worker.hits import HitThresholds, ImageEvidence
 from chimp_worker.hits.choose import Labelled, choose_thresholds, rule_metrics
 from chimp_worker.ispyb.schema import create_all
-from chimp_worker.pipeline import Pipeline
+from chimp_worker.wiring import make_pipeline
 
 
 def labelled(crystals: bool, p: float, *found: float) -> Labelled:
@@ -125,7 +125,7 @@ def test_cli_chooses_thresholds_the_worker_then_reads(
         image_roots=[tmp_path],
         database_url=database_url,
     )
-    pipeline = Pipeline.from_settings(settings)
+    pipeline = make_pipeline(settings)
     try:
         assert pipeline.hit_policy.for_analyser("baseline").as_dict() == data["thresholds"]
     finally:

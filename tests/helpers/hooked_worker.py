@@ -11,7 +11,8 @@ product's own. The hooks only add a pause and a line in an event file at two poi
   write ``written <image id>`` and sleep -- the window for "SIGKILL after a commit, before
   the ack". ``FAULT_HOOK_AFTER_WRITE_LIMIT`` pauses only the first N writes.
 - ``FAULT_HOOK_AFTER_COMPLETE_PAUSE_S``: after the transaction that marked the inspection done
-  (this worker won the completion), write ``completed <inspection id>`` and sleep -- the
+  (this worker won the completion, in ``Pipeline.process`` or a planner's
+  ``Pipeline.complete_inspection``), write ``completed <inspection id>`` and sleep -- the
   window between the completion commit and the results-ready publish.
 - ``FAULT_HOOK_PLAN_PAUSE_S``: after an inspection event has been planned (work items not yet
   published, the event not yet acked), write ``planned <inspection id>`` and sleep -- holds
@@ -82,11 +83,12 @@ def install_hooks() -> None:
     import chimp_worker.ispyb.progress as progress
     import chimp_worker.ispyb.writer as writer
     import chimp_worker.pipeline as pipeline
+    import chimp_worker.wiring as wiring
 
     choice = os.environ.get("FAULT_HOOK_ANALYSER", "configured")
     analyse_pause = float(os.environ.get("FAULT_HOOK_ANALYSE_PAUSE_S", "0"))
     analyse_hang_on = os.environ.get("FAULT_HOOK_ANALYSE_HANG_ON", "")
-    original_make_analyser = pipeline.make_analyser
+    original_make_analyser = wiring.make_analyser
 
     def make_analyser(settings: Any) -> Any:
         if choice == "pixel-stats":
@@ -100,7 +102,7 @@ def install_hooks() -> None:
             return _PausingAnalyser(analyser, analyse_pause, analyse_hang_on)
         return analyser
 
-    pipeline.make_analyser = make_analyser
+    wiring.make_analyser = make_analyser
 
     write_pause = float(os.environ.get("FAULT_HOOK_AFTER_WRITE_PAUSE_S", "0"))
     write_limit = int(os.environ.get("FAULT_HOOK_AFTER_WRITE_LIMIT", "1000000"))

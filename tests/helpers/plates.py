@@ -2,7 +2,7 @@
 
     plate = small_plate(ispyb_sqlite_url, tmp_path / "images", barcode="CQX-1", wells=2)
     settings = plate_settings(ispyb_sqlite_url, tmp_path / "images")
-    Pipeline.from_settings(settings).process(plate.latest.containerInspectionId)
+    make_pipeline(settings).process(plate.latest.containerInspectionId)
 
 Images are rendered small (a tenth of VMXi's width, a fifth of XChem's) so a plate costs
 milliseconds; ``plate.truth(image_id)`` is each image's exact ground truth and

@@ -24,6 +24,7 @@ from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.worker_tables import ChimpImageResult, ChimpInspection
 from chimp_worker.mock_imager.plate import MockPlate
 from chimp_worker.pipeline import Pipeline
+from chimp_worker.wiring import make_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +81,7 @@ def start_worker(
     **daemon_options: Any,
 ) -> WorkerThread:
     """Build a pipeline (optionally with a test analyser) and run a Daemon on a thread."""
-    pipeline = Pipeline.from_settings(settings, analyser=analyser)
+    pipeline = make_pipeline(settings, analyser=analyser)
     daemon = Daemon(settings, pipeline, connection_name=name, **daemon_options)
     holder = WorkerThread(daemon, pipeline, threading.Thread(target=lambda: None))
 

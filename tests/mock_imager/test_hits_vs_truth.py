@@ -19,13 +19,14 @@ from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.worker_tables import ChimpDropCourse, ChimpDropInspection
 from chimp_worker.mock_imager.plate import MockPlate
 from chimp_worker.pipeline import Pipeline
+from chimp_worker.wiring import make_pipeline
 
 pytestmark = pytest.mark.slow
 
 
 def process_plate(url: str, root: Path, seed: int) -> tuple[MockPlate, Pipeline]:
     plate = small_plate(url, root / "images", wells=6, inspections=4, seed=seed)
-    pipeline = Pipeline.from_settings(plate_settings(url, root / "images"))
+    pipeline = make_pipeline(plate_settings(url, root / "images"))
     for inspection in plate.inspections:
         pipeline.process(inspection.containerInspectionId)
     return plate, pipeline
@@ -142,7 +143,7 @@ def test_a_time_course_that_fails_after_completion_is_caught_up_before_announcin
     plate = small_plate(
         ispyb_sqlite_url, tmp_path / "images", wells=1, outcomes={1: "crystals", 2: "clear"}
     )
-    pipeline = Pipeline.from_settings(plate_settings(ispyb_sqlite_url, tmp_path / "images"))
+    pipeline = make_pipeline(plate_settings(ispyb_sqlite_url, tmp_path / "images"))
     real = time_course.refresh_time_course
 
     def lost_connection(*args: object, **kwargs: object) -> object:

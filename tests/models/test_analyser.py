@@ -185,7 +185,7 @@ def test_the_original_rule_computes_on_the_resized_masks(
     """``target_rule = "original"``: centroids and the dispense point from the masks resized to
     the original image; the same detections as the published rule, recorded as "original"."""
     analyser = ChimpAnalyser(
-        xchem_detector=load_detector(settings.xchem_detector_path, 3),  # type: ignore[arg-type]
+        detectors={"xchem": load_detector(settings.detector_paths["xchem"], 3)},
         options=AnalysisOptions(target_rule=TargetRule.ORIGINAL),
     )
     assert analyser.target_rule == "original"
@@ -231,7 +231,7 @@ def reference(images: list[DecodedImage], settings: Settings) -> ImageAnalysis:
     """The XChem image run the way the published tooling does: 0.05 inside the model, 100
     masks pasted at full size, then filtered at 0.6; batch norm not folded."""
     analyser = ChimpAnalyser(
-        xchem_detector=load_detector(settings.xchem_detector_path, 3),  # type: ignore[arg-type]
+        detectors={"xchem": load_detector(settings.detector_paths["xchem"], 3)},
         options=AnalysisOptions(
             model_score_threshold=REFERENCE_SCORE_THRESHOLD,
             paste_full_masks=True,
@@ -248,7 +248,7 @@ def test_the_published_threshold_path_gives_identical_detections(
     reference's detections and masks bit for bit (batch norm unfolded in both). This is also
     the determinism check: a second load and run reproduce the first."""
     unfolded = ChimpAnalyser(
-        xchem_detector=load_detector(settings.xchem_detector_path, 3),  # type: ignore[arg-type]
+        detectors={"xchem": load_detector(settings.detector_paths["xchem"], 3)},
         options=AnalysisOptions(fold_batchnorm=False),
     )
     (fast,) = unfolded.analyse(images[:1])

@@ -33,8 +33,8 @@ from chimp_worker import __version__
 from chimp_worker.broker import BrokerOptions, Publisher
 from chimp_worker.daemon import Daemon
 from chimp_worker.events import InspectionCompleted, WorkItem
-from chimp_worker.pipeline import Pipeline
 from chimp_worker.sdnotify import SystemdNotifier
+from chimp_worker.wiring import make_pipeline
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mariadb, pytest.mark.slow]
 
@@ -105,7 +105,7 @@ def run_in_main_thread_and_sigterm(
 ) -> tuple[Daemon, int, float]:
     """Run a daemon in this (main) thread; SIGTERM it once its first image is analysed."""
     settings = world.settings.model_copy(update={"grace_period_s": grace_s})
-    pipeline = Pipeline.from_settings(settings, analyser=analyser)
+    pipeline = make_pipeline(settings, analyser=analyser)
     daemon = Daemon(settings, pipeline, connection_name="sigterm-test")
     daemon.install_signal_handlers()
     sent_at: list[float] = []

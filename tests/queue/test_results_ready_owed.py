@@ -22,14 +22,14 @@ from chimp_worker.broker import BrokerOptions, Publisher
 from chimp_worker.events import WorkItem
 from chimp_worker.ispyb import progress
 from chimp_worker.ispyb.worker_tables import ChimpInspection
-from chimp_worker.pipeline import Pipeline
+from chimp_worker.wiring import make_pipeline
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mariadb]
 
 
 def complete_without_announcing(world: PlateWorld) -> None:
     """Everything a worker commits before it is killed in the window: rows and completion."""
-    pipeline = Pipeline.from_settings(world.settings, analyser=PixelStatsAnalyser())
+    pipeline = make_pipeline(world.settings, analyser=PixelStatsAnalyser())
     try:
         assert pipeline.process(world.inspection_id).completed_inspection
     finally:

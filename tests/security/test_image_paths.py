@@ -30,6 +30,7 @@ from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.mock_imager.http_server import ImageServer
 from chimp_worker.pipeline import Pipeline
+from chimp_worker.wiring import make_pipeline
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def escape_world(
             expected[image.blSampleImageId] = reasons.get(kind, "image_outside_roots")
     engine.dispose()
     settings = plate_settings(ispyb_sqlite_url, root, image_path_map={"/dls": str(root)})
-    pipeline = Pipeline.from_settings(settings)
+    pipeline = make_pipeline(settings)
     yield pipeline, plate.latest.containerInspectionId, expected
     pipeline.close()
 

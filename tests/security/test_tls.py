@@ -27,7 +27,7 @@ from chimp_worker.errors import BrokerUnavailableError
 from chimp_worker.events import InspectionCompleted
 from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.schema import create_all
-from chimp_worker.pipeline import Pipeline
+from chimp_worker.wiring import make_pipeline
 
 AMQP = ("127.0.0.1", 5672)
 
@@ -194,7 +194,7 @@ def test_database_tls_options_reach_the_driver_and_refuse_a_server_without_tls(
         analyser="baseline",
         image_roots=[str(tls_files.ca.parent)],
     )
-    pipeline = Pipeline.from_settings(settings)
+    pipeline = make_pipeline(settings)
     used: dict[str, Any] = {}
     event.listen(
         pipeline.session_factory.kw["bind"],

@@ -36,7 +36,7 @@ from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.queries import DropResult, drop_results, find_plate
 from chimp_worker.ispyb.worker_tables import ChimpInspection
 from chimp_worker.mock_imager.plate import MockPlate
-from chimp_worker.pipeline import Pipeline
+from chimp_worker.wiring import make_pipeline
 
 pytestmark = pytest.mark.mariadb
 
@@ -80,7 +80,7 @@ def world(facility_url: str, tmp_path: Path) -> Iterator[World]:
         facility_url, root, barcode="SW-2", wells=1, visit="mx23456-2", outcomes=CRYSTALS
     )
     older = plate_settings(facility_url, root, score_threshold=0.3)
-    pipeline = Pipeline.from_settings(older)
+    pipeline = make_pipeline(older)
     try:
         for inspection_id in (*plate.containerInspectionIds, *orphaned.containerInspectionIds):
             outcome = pipeline.process(inspection_id)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from chimp_worker.models import bench_report
-from chimp_worker.models.bench_report import agreement, report_lines
+from chimp_worker.bench import report as bench_report
+from chimp_worker.bench.report import agreement, report_lines
 
 OUTPUT: dict[str, Any] = {
     "probabilities": {"clear": 0.1, "crystals": 0.6, "other": 0.2, "precipitate": 0.1},

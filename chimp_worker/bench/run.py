@@ -6,7 +6,7 @@ that measures, on the same images: model-load time, the models' own rate, every 
 milliseconds, achieved GFLOP/s (``torch.utils.flop_counter``) against a measured fp32 matmul
 rate, database writes, the whole pipeline (``Pipeline.process``) and peak RSS. The parent
 compares the configurations' outputs and prints the issue's targets with PASS/FAIL
-(``bench_report``). A script that prints, never a test.
+(``bench.report``). A script that prints, never a test.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from chimp_worker.analysis import DecodedImage, ImageAnalysis
+from chimp_worker.detector_kinds import detector_kind
 
 __all__ = ["CONFIGURATIONS", "BenchPlate", "BenchSetup", "prepare_bench", "run_bench"]
 
@@ -52,7 +53,6 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "bf16": ("opt-in: the defaults under bf16 autocast", {"precision": "bf16"}),
 }
-ROLES = {"vmxi": "vmxi_detector", "xchem": "xchem_detector"}
 PLATE_IMAGES = 288
 
 
@@ -233,7 +233,6 @@ def measure(
     from torch.utils.flop_counter import FlopCounterMode
 
     from chimp_worker.config import Settings
-    from chimp_worker.images import ImageOptions, make_image_source
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.ispyb.writer import write_image_result
     from chimp_worker.log import configure_logging
@@ -246,11 +245,12 @@ def measure(
     from chimp_worker.models.classifier import load_classifier
     from chimp_worker.models.detector import load_detector
     from chimp_worker.pipeline import Pipeline
+    from chimp_worker.wiring import make_image_source
 
     configure_logging("WARNING", "auto")
     _count_fused_linear_flops()
     plate = setup.plates[flavour]
-    role = ROLES[flavour]
+    role = detector_kind(flavour).role
     configure_threads(setup.threads)
     rate = matmul_gflops()
     rate_bf16 = matmul_gflops(dtype="bfloat16") if bf16_supported() else None
@@ -260,13 +260,13 @@ def measure(
     started = time.perf_counter()
     analyser = ChimpAnalyser(
         classifier=load_classifier(setup.classifier),
-        **{role: load_detector(setup.detectors[flavour], 2 if flavour == "vmxi" else 3)},
+        detectors={flavour: load_detector(setup.detectors[flavour], kind=flavour)},
         options=AnalysisOptions(**options),
     )
     load_s = time.perf_counter() - started
 
     settings = Settings(database_url=f"sqlite:///{plate.database}", image_roots=[plate.image_root])
-    source = make_image_source(ImageOptions.from_settings(settings))
+    source = make_image_source(settings)
     paths = _image_paths(plate)
     analyser.analyse([source.fetch(paths[plate.image_ids[0]], plate.image_ids[0])])  # warm-up
 
@@ -411,18 +411,18 @@ def measure_paired(
     far steadier than that of separate runs. Runs in its own process.
     """
     from chimp_worker.config import Settings
-    from chimp_worker.images import ImageOptions, make_image_source
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.log import configure_logging
     from chimp_worker.models.analyser import AnalysisOptions, ChimpAnalyser, configure_threads
     from chimp_worker.models.classifier import load_classifier
     from chimp_worker.models.detector import load_detector
     from chimp_worker.pipeline import Pipeline
+    from chimp_worker.wiring import make_image_source
 
     configure_logging("WARNING", "auto")
     configure_threads(setup.threads)
     plate = setup.plates[flavour]
-    role = ROLES[flavour]
+    role = detector_kind(flavour).role
     settings = Settings(database_url=f"sqlite:///{plate.database}", image_roots=[plate.image_root])
     pipelines = {}
     recorders: dict[str, _Recorder] = {}
@@ -434,7 +434,7 @@ def measure_paired(
         }
         analyser = ChimpAnalyser(
             classifier=load_classifier(setup.classifier),
-            **{role: load_detector(setup.detectors[flavour], 2 if flavour == "vmxi" else 3)},
+            detectors={flavour: load_detector(setup.detectors[flavour], kind=flavour)},
             options=AnalysisOptions(**options),
         )
         copy = plate.database.with_name(f"paired-{configuration}.sqlite")
@@ -443,7 +443,7 @@ def measure_paired(
         recorders[configuration] = _Recorder(analyser)
         pipelines[configuration] = Pipeline(
             make_session_factory(engine),
-            make_image_source(ImageOptions.from_settings(settings)),
+            make_image_source(settings),
             recorders[configuration],
             batch_size=options["batch_size"],
             engine=engine,
