@@ -62,8 +62,9 @@ from helpers.rabbit import RabbitProbe  # noqa: E402
 from helpers.tcp_proxy import TcpProxy  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
+from chimp_worker.analysis import AnalysisOptions  # noqa: E402
 from chimp_worker.baseline import BaselineAnalyser  # noqa: E402
-from chimp_worker.broker import HEADER_REASON, Publisher  # noqa: E402
+from chimp_worker.broker import HEADER_REASON, BrokerOptions, Publisher  # noqa: E402
 from chimp_worker.config import Settings, load_settings  # noqa: E402
 from chimp_worker.events import InspectionCompleted  # noqa: E402
 from chimp_worker.images import FilesystemSource  # noqa: E402
@@ -316,7 +317,7 @@ def run(soak: Soak) -> tuple[float, float]:
     next_fault = started + rng.uniform(args.fault_min_s, args.fault_max_s)
     pending = list(soak.plates)
     bag: list[str] = []
-    publisher = Publisher(soak.settings())
+    publisher = Publisher(BrokerOptions.from_settings(soak.settings()))
     last_completion = started
     done: set[int] = set()
     try:
@@ -379,7 +380,7 @@ def audit(soak: Soak) -> Audit:
     report = Audit()
     engine = make_engine(soak.direct_url)
     factory = make_session_factory(engine)
-    analyser = BaselineAnalyser(Settings(analyser="baseline"))
+    analyser = BaselineAnalyser(AnalysisOptions.from_settings(Settings(analyser="baseline")))
     source = FilesystemSource([soak.image_root])
     try:
         with factory() as session:

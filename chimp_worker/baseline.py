@@ -40,6 +40,7 @@ from scipy import ndimage
 from chimp_worker.analysis import (
     BASELINE_SCHEMA,
     CLASS_NAMES,
+    AnalysisOptions,
     CrystalTarget,
     DecodedImage,
     Detection,
@@ -50,7 +51,6 @@ from chimp_worker.analysis import (
     ModelRef,
     TargetRule,
 )
-from chimp_worker.config import Settings
 from chimp_worker.geometry import dispense_point, mask_centroid
 
 ANALYSER_NAME = "baseline"
@@ -109,9 +109,10 @@ class BaselineAnalyser:
     # whatever ``target_rule`` is set to (that setting is about the CHiMP detectors).
     target_rule: str = str(TargetRule.ORIGINAL)
 
-    def __init__(self, settings: Settings) -> None:
-        self.score_threshold = settings.score_threshold
-        self.margin_px = settings.dispense_margin_px
+    def __init__(self, options: AnalysisOptions | None = None) -> None:
+        options = options or AnalysisOptions()
+        self.score_threshold = options.score_threshold
+        self.margin_px = options.dispense_margin_px
         fingerprint = f"{ALGORITHM} v{VERSION} work={WORK_SIDE} score>={self.score_threshold}"
         self.models = (
             ModelRef("baseline", ALGORITHM, hashlib.sha256(fingerprint.encode()).hexdigest()),

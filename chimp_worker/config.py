@@ -11,13 +11,20 @@ facility's own credentials files instead, read literally (a ``%`` is just a char
   a ``[rabbit]`` section (python-workflows) or a zocalo site-configuration YAML (a block with
   ``plugin: pika``).
 
-``load_settings_with_sources`` also says where each value came from (``config show``).
+``load_settings_with_sources`` also says where each value came from (``config show``). It
+hands the settings file to pydantic-settings through a context variable: loading settings
+writes nothing into the process environment.
+
+Components never take ``Settings`` whole: each takes a frozen slice built once from it with
+``from_settings`` (``BrokerOptions``, ``HandlingOptions``, ``ImageOptions``, ``DatabaseOptions``,
+``AnalysisOptions``), so what a component depends on is spelled out in its signature.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -39,6 +46,22 @@ ISPYB_CREDENTIALS_SECTION = "ispyb_sqlalchemy"
 RABBIT_SECTION = "rabbit"  # python-workflows' PikaTransport configuration file
 ZOCALO_PIKA_PLUGIN = "pika"  # a zocalo site-configuration block for the same
 _SECRET_FIELDS = ("database_url", "amqp_url", "image_url_template")
+
+# The settings file of the load in progress: ``load_settings_with_sources`` hands its path to
+# ``Settings.settings_customise_sources`` here rather than through the process environment.
+_SETTINGS_FILE: ContextVar[Path | None] = ContextVar("chimp_settings_file", default=None)
+
+
+class _FacilityEnvironment(PydanticBaseSettingsSource):
+    """``ISPYB_CREDENTIALS``, the facility's own variable (python-ispyb reads it too): it names
+    the ISPyB credentials file above any ``CHIMP_*`` variable, below the command line."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the one variable itself
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("ISPYB_CREDENTIALS")
+        return {"ispyb_credentials": path} if path else {}
 
 
 class Settings(BaseSettings):
@@ -212,10 +235,15 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = os.environ.get("CHIMP_CONFIG")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        """Keyword arguments, ``ISPYB_CREDENTIALS``, ``CHIMP_*`` variables, then the settings
+        file: the one ``load_settings`` resolved, else (``Settings()`` built directly) the
+        file ``CHIMP_CONFIG`` names."""
+        config_file = _SETTINGS_FILE.get()
+        if config_file is None and os.environ.get("CHIMP_CONFIG"):
+            config_file = Path(os.environ["CHIMP_CONFIG"])
+        sources = [init_settings, _FacilityEnvironment(settings_cls), env_settings]
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 
     @field_validator("image_url_template")
@@ -522,32 +550,26 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 def load_settings_with_sources(
     config_file: Path | None = None, **overrides: Any
 ) -> tuple[Settings, dict[str, str]]:
-    """Settings, and for each one where its value came from (for ``config show``)."""
-    if config_file is None and not os.environ.get("CHIMP_CONFIG"):
-        config_file = default_config_file()
-    previous = os.environ.get("CHIMP_CONFIG")
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(f"config file: {config_file} does not exist")
-        os.environ["CHIMP_CONFIG"] = str(config_file)
-    from_environment = set()
-    if "ispyb_credentials" not in overrides and os.environ.get("ISPYB_CREDENTIALS"):
-        overrides["ispyb_credentials"] = Path(os.environ["ISPYB_CREDENTIALS"])
-        from_environment.add("ispyb_credentials")
+    """Settings, and for each one where its value came from (for ``config show``).
+
+    The settings file is ``config_file``, else the one ``CHIMP_CONFIG`` names, else the
+    facility-wide default when it exists; a file named but missing is an error."""
+    if config_file is None:
+        named = os.environ.get("CHIMP_CONFIG")
+        config_file = Path(named) if named else default_config_file()
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file: {config_file} does not exist")
+    token = _SETTINGS_FILE.set(config_file)
     try:
         settings = Settings(**overrides)
-        file_keys = _toml_keys(Path(os.environ["CHIMP_CONFIG"])) if config_file else set()
+        file_keys = _toml_keys(config_file) if config_file is not None else set()
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except (OSError, ValueError) as exc:  # unreadable or unparsable TOML file
         raise ConfigError(f"config file: {exc}") from None
     finally:
-        if config_file is not None:
-            if previous is None:
-                os.environ.pop("CHIMP_CONFIG", None)
-            else:
-                os.environ["CHIMP_CONFIG"] = previous
-    return settings, _sources(settings, config_file, set(overrides) - from_environment, file_keys)
+        _SETTINGS_FILE.reset(token)
+    return settings, _sources(settings, config_file, set(overrides), file_keys)
 
 
 def _toml_keys(path: Path) -> set[str]:

@@ -47,13 +47,19 @@ from types import FrameType
 
 import structlog
 
-from chimp_worker.broker import BrokerSession, Delivery, quiet_pika_logging
+from chimp_worker.broker import BrokerOptions, BrokerSession, Delivery, quiet_pika_logging
 from chimp_worker.config import Settings
 from chimp_worker.errors import (
     BrokerUnavailableError,
     UnroutableMessageError,
 )
-from chimp_worker.handling import Action, MessageHandler, OutgoingMessage, WorkAbandonedError
+from chimp_worker.handling import (
+    Action,
+    HandlingOptions,
+    MessageHandler,
+    OutgoingMessage,
+    WorkAbandonedError,
+)
 from chimp_worker.health import HealthServer, Liveness, WorkWatch
 from chimp_worker.ispyb.database import check_database_access
 from chimp_worker.log import get_logger
@@ -148,6 +154,7 @@ class Daemon:
         connection_name: str | None = None,
     ) -> None:
         self.settings = settings
+        self.broker_options = BrokerOptions.from_settings(settings)
         self.pipeline = pipeline
         self.metrics = metrics or WorkerMetrics.create()
         self.liveness = liveness or Liveness(
@@ -178,7 +185,7 @@ class Daemon:
         self._last_broker_error: str | None = None
         self._pools: dict[str, _WorkerPool] = {}
         self.handler = MessageHandler(
-            settings,
+            HandlingOptions.from_settings(settings),
             pipeline,
             self.metrics,
             self._publish_body,
@@ -265,7 +272,9 @@ class Daemon:
 
     def _run_session(self) -> None:
         session = BrokerSession(
-            self.settings, connection_name=self.connection_name, session_id=next(self._session_ids)
+            self.broker_options,
+            connection_name=self.connection_name,
+            session_id=next(self._session_ids),
         )
         self._session = session
         session.open()

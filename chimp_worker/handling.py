@@ -35,13 +35,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 import tenacity
 
 from chimp_worker.broker import Delivery, dead_letter_headers, dead_letter_queue
-from chimp_worker.config import Settings
 from chimp_worker.errors import (
     BrokerUnavailableError,
     ChimpError,
@@ -66,6 +65,9 @@ from chimp_worker.log import get_logger
 from chimp_worker.metrics import WorkerMetrics
 from chimp_worker.outage import DatabaseGate
 from chimp_worker.pipeline import NO_HEARTBEAT, Heartbeat, ImageProgress, Pipeline, WorkOutcome
+
+if TYPE_CHECKING:
+    from chimp_worker.config import Settings
 
 log = get_logger(__name__)
 
@@ -115,12 +117,34 @@ class Publish(Protocol):
     def __call__(self, message: OutgoingMessage) -> None: ...
 
 
+@dataclass(frozen=True, kw_only=True)
+class HandlingOptions:
+    """The handler's slice of ``Settings``: where messages go, how long to retry and wait.
+    Each field is named as its setting is."""
+
+    events_queue: str
+    work_queue: str
+    results_exchange: str
+    results_routing_key: str
+    images_per_work_item: int
+    inspection_visibility_retries: int
+    database_retry_attempts: int
+    database_outage_hold_s: float
+    publish_timeout_s: float
+    retry_initial_wait_s: float
+    retry_max_wait_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HandlingOptions:
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
+
 class MessageHandler:
     """Turns one delivery into rows, work items or a dead letter, and says how to settle it."""
 
     def __init__(
         self,
-        settings: Settings,
+        options: HandlingOptions,
         pipeline: Pipeline,
         metrics: WorkerMetrics,
         publish: Publish,
@@ -130,7 +154,7 @@ class MessageHandler:
         rng: random.Random | None = None,
         gate: DatabaseGate | None = None,
     ) -> None:
-        self.settings = settings
+        self.options = options
         self.pipeline = pipeline
         self.metrics = metrics
         self._publish_body = publish
@@ -163,7 +187,7 @@ class MessageHandler:
         except EventError as error:
             return self._dead_letter(delivery, error)
         expected: type[Event] = (
-            InspectionCompleted if delivery.queue == self.settings.events_queue else WorkItem
+            InspectionCompleted if delivery.queue == self.options.events_queue else WorkItem
         )
         if not isinstance(event, expected):
             return self._dead_letter(
@@ -183,7 +207,7 @@ class MessageHandler:
                 if self._stopping.is_set():  # retries cut short by a shutdown: not its fault
                     log.warning("message_requeued", reason=error.reason, detail=str(error))
                     return Action.REQUEUED
-                retries = self.settings.inspection_visibility_retries
+                retries = self.options.inspection_visibility_retries
                 return self._dead_letter(
                     delivery,
                     UnknownInspectionError(f"{error} after {retries} retries"),
@@ -202,7 +226,7 @@ class MessageHandler:
         image_ids = self.retry(
             lambda: self.pipeline.plan(event.containerInspectionId, event.blSampleImageIds)
         )
-        items = plan_work_items(event, image_ids, self.settings.images_per_work_item)
+        items = plan_work_items(event, image_ids, self.options.images_per_work_item)
         for item in items:
             self._publish(item, session_id=delivery.session_id)
         action = Action.ACKED
@@ -264,8 +288,8 @@ class MessageHandler:
             try:
                 self._publish(
                     event,
-                    exchange=self.settings.results_exchange,
-                    routing_key=self.settings.results_routing_key,
+                    exchange=self.options.results_exchange,
+                    routing_key=self.options.results_routing_key,
                 )
             except UnroutableMessageError as error:
                 # nothing bound to the results exchange: acked; still owed, so the next
@@ -322,12 +346,12 @@ class MessageHandler:
         exchange: str = "",
         routing_key: str | None = None,
     ) -> None:
-        self._beat.expect(self.settings.publish_timeout_s, "publishing")
+        self._beat.expect(self.options.publish_timeout_s, "publishing")
         self._publish_body(
             OutgoingMessage(
                 event.encode(),
                 exchange=exchange,
-                routing_key=routing_key or self.settings.work_queue,
+                routing_key=routing_key or self.options.work_queue,
                 event_type=event.event_type,
                 headers=None,
                 message_id=None,
@@ -351,7 +375,7 @@ class MessageHandler:
             try:
                 return self._retry_quickly(unit)
             except DatabaseUnavailableError as error:
-                hold_s = self.settings.database_outage_hold_s
+                hold_s = self.options.database_outage_hold_s
                 if self._stopping.is_set() or hold_s <= 0 or self.gate.check():
                     raise  # a stop, no holding, or the database answers: the unit's own failure
                 held_since = held_since or time.monotonic()
@@ -367,11 +391,11 @@ class MessageHandler:
     def _hold(self, held_since: float, error: DatabaseUnavailableError) -> bool:
         """Wait for the gate to open: True when it did within the bound, False on a stop or
         once ``database_outage_hold_s`` has passed since ``held_since``."""
-        bound = held_since + self.settings.database_outage_hold_s
+        bound = held_since + self.options.database_outage_hold_s
         log.warning(
             "message_held_for_database",
             detail=str(error),
-            hold_s=self.settings.database_outage_hold_s,
+            hold_s=self.options.database_outage_hold_s,
             held_s=round(time.monotonic() - held_since, 1),
         )
         while not self._stopping.is_set():
@@ -385,16 +409,16 @@ class MessageHandler:
         return False
 
     def _retry_quickly(self, unit: Callable[[], T]) -> T:
-        settings = self.settings
+        options = self.options
 
         def give_up(state: tenacity.RetryCallState) -> bool:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, DatabaseUnavailableError) and self.gate.is_down:
                 return True  # known down: hold at once instead of spending the tries
             limit = (
-                settings.inspection_visibility_retries + 1
+                options.inspection_visibility_retries + 1
                 if isinstance(error, InspectionNotVisibleError)
-                else settings.database_retry_attempts
+                else options.database_retry_attempts
             )
             return state.attempt_number >= limit or self._stopping.is_set()
 
@@ -422,7 +446,7 @@ class MessageHandler:
         return retrying(unit)
 
     def delay(self, attempt: int) -> float:
-        initial = self.settings.retry_initial_wait_s
+        initial = self.options.retry_initial_wait_s
         return (
-            backoff_delay(attempt, initial, self.settings.retry_max_wait_s, self._rng) + initial / 2
+            backoff_delay(attempt, initial, self.options.retry_max_wait_s, self._rng) + initial / 2
         )

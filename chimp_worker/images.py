@@ -20,8 +20,10 @@ import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -30,7 +32,6 @@ import tenacity
 from PIL import Image, UnidentifiedImageError
 
 from chimp_worker.analysis import DecodedImage
-from chimp_worker.config import Settings
 from chimp_worker.errors import (
     ConfigError,
     ImageCorruptError,
@@ -48,6 +49,9 @@ from chimp_worker.errors import (
     ImageUnsupportedError,
 )
 from chimp_worker.log import get_logger
+
+if TYPE_CHECKING:
+    from chimp_worker.config import Settings
 
 log = get_logger(__name__)
 
@@ -67,21 +71,47 @@ class ImageSource(Protocol):
         ...
 
 
-def make_image_source(settings: Settings) -> ImageSource:
-    """HTTP when ``image_url_template`` is set, otherwise the filesystem under ``image_roots``."""
-    if settings.image_url_template:
-        return HttpSource(
-            settings.image_url_template,
+@dataclass(frozen=True, kw_only=True)
+class ImageOptions:
+    """Where images come from and the limits on them: the image slice of ``Settings``. The
+    URL template may hold a password: it is kept out of ``repr``."""
+
+    roots: tuple[Path, ...]
+    path_map: Mapping[str, str]
+    url_template: str | None = field(repr=False)
+    timeout_s: float
+    fetch_retries: int
+    max_bytes: int
+    max_pixels: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageOptions:
+        return cls(
+            roots=tuple(settings.image_roots),
+            path_map=MappingProxyType(dict(settings.image_path_map)),
+            url_template=settings.image_url_template,
             timeout_s=settings.image_timeout_s,
-            retries=settings.image_fetch_retries,
+            fetch_retries=settings.image_fetch_retries,
             max_bytes=settings.image_max_bytes,
             max_pixels=settings.image_max_pixels,
         )
+
+
+def make_image_source(options: ImageOptions) -> ImageSource:
+    """HTTP when ``url_template`` is set, otherwise the filesystem under ``roots``."""
+    if options.url_template:
+        return HttpSource(
+            options.url_template,
+            timeout_s=options.timeout_s,
+            retries=options.fetch_retries,
+            max_bytes=options.max_bytes,
+            max_pixels=options.max_pixels,
+        )
     return FilesystemSource(
-        settings.image_roots,
-        path_map=settings.image_path_map,
-        max_bytes=settings.image_max_bytes,
-        max_pixels=settings.image_max_pixels,
+        options.roots,
+        path_map=options.path_map,
+        max_bytes=options.max_bytes,
+        max_pixels=options.max_pixels,
     )
 
 

@@ -204,9 +204,11 @@ def current_model_checksums(settings: Settings) -> frozenset[str]:
         from chimp_worker.detector_kinds import configured_model_files
 
         return frozenset(_model_file_sha256(f.path) for f in configured_model_files(settings))
+    from chimp_worker.analysis import AnalysisOptions
     from chimp_worker.baseline import BaselineAnalyser
 
-    return frozenset(model.sha256 for model in BaselineAnalyser(settings).models)
+    baseline = BaselineAnalyser(AnalysisOptions.from_settings(settings))
+    return frozenset(model.sha256 for model in baseline.models)
 
 
 def current_target_rule(settings: Settings) -> str:

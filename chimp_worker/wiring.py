@@ -49,9 +49,10 @@ def make_analyser(settings: Settings) -> Analyser:
     baseline; torch is imported only for CHiMP."""
     if settings.effective_analyser == "chimp":
         return make_chimp_analyser(settings)
+    from chimp_worker.analysis import AnalysisOptions
     from chimp_worker.baseline import BaselineAnalyser
 
-    analyser = BaselineAnalyser(settings)
+    analyser = BaselineAnalyser(AnalysisOptions.from_settings(settings))
     log.warning(
         "baseline_analyser_running",
         analyser=analyser.name,
@@ -66,17 +67,18 @@ def make_analyser(settings: Settings) -> Analyser:
 
 def make_image_source(settings: Settings) -> ImageSource:
     """Files under ``image_roots``, or HTTP(S) with ``image_url_template``."""
+    from chimp_worker.images import ImageOptions
     from chimp_worker.images import make_image_source as build
 
-    return build(settings)
+    return build(ImageOptions.from_settings(settings))
 
 
 def make_database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
     """The engine of ``database_url`` and a session factory on it; the caller disposes of
     the engine."""
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
 
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine = engine_for(DatabaseOptions.from_settings(settings))
     return engine, make_session_factory(engine)
 
 

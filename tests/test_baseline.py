@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chimp_worker.analysis import BASELINE_SCHEMA, DecodedImage, DispenseStatus
+from chimp_worker.analysis import BASELINE_SCHEMA, AnalysisOptions, DecodedImage, DispenseStatus
 from chimp_worker.baseline import BaselineAnalyser, _dispense_near_drop, _Region
 from chimp_worker.config import load_settings
 from chimp_worker.geometry import dispense_point
@@ -16,7 +16,7 @@ from chimp_worker.mock_imager.synthetic import GroundTruth, render_micrograph, r
 
 @pytest.fixture(scope="module")
 def analyser() -> BaselineAnalyser:
-    return BaselineAnalyser(load_settings())
+    return BaselineAnalyser(AnalysisOptions.from_settings(load_settings()))
 
 
 def decoded(pixels: np.ndarray) -> DecodedImage:
@@ -139,11 +139,12 @@ def test_the_box_dispense_point_is_the_full_image_one() -> None:
 
 
 def test_the_model_reference_names_the_algorithm_and_its_settings() -> None:
-    default = BaselineAnalyser(load_settings())
-    stricter = BaselineAnalyser(load_settings(score_threshold=0.8))
+    default = BaselineAnalyser(AnalysisOptions.from_settings(load_settings()))
+    stricter = BaselineAnalyser(AnalysisOptions.from_settings(load_settings(score_threshold=0.8)))
     (model,) = default.models
     assert (model.role, model.name, len(model.sha256)) == ("baseline", "baseline-cv", 64)
-    assert model.sha256 == BaselineAnalyser(load_settings()).models[0].sha256
+    again = BaselineAnalyser(AnalysisOptions.from_settings(load_settings()))
+    assert model.sha256 == again.models[0].sha256
     assert stricter.models[0].sha256 != model.sha256
 
 

@@ -233,3 +233,39 @@ def test_the_shipped_example_lists_every_setting_and_loads_as_written(tmp_path: 
     assert settings.image_roots == [Path("/dls")]
     assert values["work_queue"] == settings.work_queue == "chimp.work"
     assert json.loads(json.dumps(settings.masked()))["analyser"] == "auto"
+
+
+def test_loading_settings_writes_nothing_into_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    settings_file = tmp_path / "chimp.toml"
+    settings_file.write_text('work_queue = "from-file"\n')
+    before = dict(os.environ)
+    settings, sources = load_settings_with_sources(settings_file)
+    assert dict(os.environ) == before
+    assert (settings.work_queue, sources["work_queue"]) == ("from-file", f"file {settings_file}")
+    assert Settings().work_queue == "chimp.work", "the file was this load's alone"
+    monkeypatch.setenv("CHIMP_CONFIG", str(settings_file))
+    settings, sources = load_settings_with_sources()
+    assert (settings.work_queue, sources["work_queue"]) == ("from-file", f"file {settings_file}")
+    assert Settings().work_queue == "from-file", "Settings() built directly reads CHIMP_CONFIG"
+
+
+def test_ispyb_credentials_rank_below_the_command_line_and_above_chimp_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    facility = tmp_path / "facility.ini"
+    facility.write_text(
+        "[ispyb_sqlalchemy]\nusername = f\npassword = p\nhost = fdb\ndatabase = ispyb\n"
+    )
+    chimp = tmp_path / "chimp.ini"
+    chimp.write_text("[ispyb_sqlalchemy]\nusername = c\npassword = p\nhost = cdb\ndatabase = x\n")
+    monkeypatch.setenv("ISPYB_CREDENTIALS", str(facility))
+    monkeypatch.setenv("CHIMP_ISPYB_CREDENTIALS", str(chimp))
+    settings, sources = load_settings_with_sources()
+    assert settings.ispyb_credentials == facility
+    assert sources["ispyb_credentials"] == "environment ISPYB_CREDENTIALS"
+    settings, sources = load_settings_with_sources(ispyb_credentials=chimp)
+    assert (settings.ispyb_credentials, sources["ispyb_credentials"]) == (chimp, "command line")

@@ -43,7 +43,13 @@ from chimp_worker.events import (
     WorkItem,
     decode_event,
 )
-from chimp_worker.handling import RESULTS_READY_ATTEMPTS, Action, MessageHandler, OutgoingMessage
+from chimp_worker.handling import (
+    RESULTS_READY_ATTEMPTS,
+    Action,
+    HandlingOptions,
+    MessageHandler,
+    OutgoingMessage,
+)
 from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.progress import reopen_inspection, results_pending_publication
 from chimp_worker.ispyb.worker_tables import ChimpInspection
@@ -159,7 +165,7 @@ def make_world(url: str, image_root: Path, **overrides: Any) -> Iterator[Handler
     publish = RecordingPublish()
     stopping, abandon = threading.Event(), threading.Event()
     handler = MessageHandler(
-        settings,
+        HandlingOptions.from_settings(settings),
         pipeline,
         WorkerMetrics.create(),
         publish,

@@ -32,7 +32,13 @@ from chimp_worker.errors import (
     ImageTruncatedError,
     ImageUnsupportedError,
 )
-from chimp_worker.images import FilesystemSource, HttpSource, decode_image, make_image_source
+from chimp_worker.images import (
+    FilesystemSource,
+    HttpSource,
+    ImageOptions,
+    decode_image,
+    make_image_source,
+)
 from chimp_worker.mock_imager.http_server import ImageServer, ServerFaults
 from chimp_worker.mock_imager.synthetic import encode_jpeg, render_micrograph
 
@@ -348,10 +354,14 @@ def test_a_filesystem_source_without_roots_is_a_configuration_error() -> None:
 
 
 def test_settings_choose_the_source(image_root: Path) -> None:
-    from_disk = make_image_source(load_settings(image_roots=[image_root]))
+    from_disk = make_image_source(
+        ImageOptions.from_settings(load_settings(image_roots=[image_root]))
+    )
     assert isinstance(from_disk, FilesystemSource)
     over_http = make_image_source(
-        load_settings(image_url_template="https://images.example/{imageFullPath}")
+        ImageOptions.from_settings(
+            load_settings(image_url_template="https://images.example/{imageFullPath}")
+        )
     )
     assert isinstance(over_http, HttpSource)
     assert over_http.host == "images.example"

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import pika
 import pika.exceptions
@@ -33,7 +34,6 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils import connection_workflow
 
 from chimp_worker import __version__
-from chimp_worker.config import Settings
 from chimp_worker.errors import (
     BrokerAccessError,
     BrokerUnavailableError,
@@ -44,6 +44,9 @@ from chimp_worker.errors import (
 )
 from chimp_worker.events import CONTENT_TYPE, Event, InspectionCompleted, ResultsReady, WorkItem
 from chimp_worker.log import get_logger
+
+if TYPE_CHECKING:
+    from chimp_worker.config import Settings
 
 log = get_logger(__name__)
 
@@ -103,6 +106,45 @@ def _reply(text: str) -> str:
     return match[1].strip() if match else text
 
 
+@dataclass(frozen=True, kw_only=True)
+class BrokerOptions:
+    """What a connection to RabbitMQ and the topology need from the settings (the broker's
+    slice of ``Settings``, built once with ``from_settings``). The URL may hold a password:
+    it is kept out of ``repr``."""
+
+    amqp_url: str = field(repr=False)
+    heartbeat_s: int
+    blocked_timeout_s: float
+    tls_ca_file: Path | None
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    events_queue: str
+    work_queue: str
+    results_exchange: str
+    results_routing_key: str
+    results_queue: str  # bound to results_exchange; empty: none is declared
+    queue_arguments: Literal["declare", "policy"]
+    delivery_limit: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerOptions:
+        return cls(
+            amqp_url=settings.amqp_url,
+            heartbeat_s=settings.amqp_heartbeat_s,
+            blocked_timeout_s=settings.amqp_blocked_timeout_s,
+            tls_ca_file=settings.amqp_tls_ca_file,
+            tls_cert_file=settings.amqp_tls_cert_file,
+            tls_key_file=settings.amqp_tls_key_file,
+            events_queue=settings.events_queue,
+            work_queue=settings.work_queue,
+            results_exchange=settings.results_exchange,
+            results_routing_key=settings.results_routing_key,
+            results_queue=settings.results_queue,
+            queue_arguments=settings.queue_arguments,
+            delivery_limit=settings.delivery_limit,
+        )
+
+
 def quiet_pika_logging() -> None:
     """pika logs every failed connect or lost connection at ERROR, with a traceback, from
     several modules; the worker logs one line per failure itself (with pika's error), so in
@@ -115,7 +157,7 @@ def dead_letter_queue(queue: str) -> str:
     return f"{DLQ_PREFIX}{queue}"
 
 
-def queue_arguments(settings: Settings, queue: str) -> dict[str, Any]:
+def queue_arguments(options: BrokerOptions, queue: str) -> dict[str, Any]:
     """Arguments of a work or events queue; identical in every process or the declare fails.
 
     At-least-once dead-lettering (3.10+) makes the broker confirm the move to the DLQ
@@ -123,9 +165,9 @@ def queue_arguments(settings: Settings, queue: str) -> dict[str, Any]:
     ``reject-publish`` overflow, which is inert without a length limit.
     """
     arguments: dict[str, Any] = {"x-queue-type": "quorum"}
-    if settings.queue_arguments == "declare":
+    if options.queue_arguments == "declare":
         arguments |= {
-            "x-delivery-limit": settings.delivery_limit,
+            "x-delivery-limit": options.delivery_limit,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": dead_letter_queue(queue),
             "x-dead-letter-strategy": "at-least-once",
@@ -134,12 +176,12 @@ def queue_arguments(settings: Settings, queue: str) -> dict[str, Any]:
     return arguments
 
 
-def connection_parameters(settings: Settings, *, connection_name: str) -> pika.URLParameters:
-    """Parameters from settings: a heartbeat so dead peers are noticed, a blocked-connection
+def connection_parameters(options: BrokerOptions, *, connection_name: str) -> pika.URLParameters:
+    """Parameters from the options: a heartbeat so dead peers are noticed, a blocked-connection
     timeout so a broker memory/disk alarm cannot hang the worker for ever, TLS for amqps."""
-    params = pika.URLParameters(settings.amqp_url)
-    params.heartbeat = settings.amqp_heartbeat_s
-    params.blocked_connection_timeout = settings.amqp_blocked_timeout_s
+    params = pika.URLParameters(options.amqp_url)
+    params.heartbeat = options.heartbeat_s
+    params.blocked_connection_timeout = options.blocked_timeout_s
     params.connection_attempts = 1  # retries are the caller's, with jittered back-off
     params.socket_timeout = 10.0
     params.client_properties = {
@@ -147,43 +189,43 @@ def connection_parameters(settings: Settings, *, connection_name: str) -> pika.U
         "product": "chimp-worker",
         "version": __version__,
     }
-    if settings.amqp_url.startswith("amqps:"):
-        params.ssl_options = pika.SSLOptions(tls_context(settings), server_hostname=params.host)
+    if options.amqp_url.startswith("amqps:"):
+        params.ssl_options = pika.SSLOptions(tls_context(options), server_hostname=params.host)
     return params
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext:
+def tls_context(options: BrokerOptions) -> ssl.SSLContext:
     """A verifying client context: the system CAs or ``amqp_tls_ca_file``, optional client cert."""
     try:
         context = ssl.create_default_context(
-            cafile=str(settings.amqp_tls_ca_file) if settings.amqp_tls_ca_file else None
+            cafile=str(options.tls_ca_file) if options.tls_ca_file else None
         )
-        if settings.amqp_tls_cert_file:
+        if options.tls_cert_file:
             context.load_cert_chain(
-                str(settings.amqp_tls_cert_file),
-                str(settings.amqp_tls_key_file) if settings.amqp_tls_key_file else None,
+                str(options.tls_cert_file),
+                str(options.tls_key_file) if options.tls_key_file else None,
             )
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"amqp_tls_*: cannot load TLS files: {exc}") from None
     return context
 
 
-def declare_topology(channel: BlockingChannel, settings: Settings) -> None:
+def declare_topology(channel: BlockingChannel, options: BrokerOptions) -> None:
     """Declare both queues with their DLQs, and the results exchange (idempotent).
 
     A queue that already exists with other arguments makes the broker close the channel with
     406 PRECONDITION_FAILED: that becomes ``TopologyMismatchError`` naming the queue.
     """
-    for queue in (settings.events_queue, settings.work_queue):
+    for queue in (options.events_queue, options.work_queue):
         _declare_queue(channel, dead_letter_queue(queue), {"x-queue-type": "quorum"})
-        _declare_queue(channel, queue, queue_arguments(settings, queue))
-    channel.exchange_declare(settings.results_exchange, exchange_type="topic", durable=True)
-    if settings.results_queue:
-        _declare_queue(channel, settings.results_queue, {"x-queue-type": "quorum"})
+        _declare_queue(channel, queue, queue_arguments(options, queue))
+    channel.exchange_declare(options.results_exchange, exchange_type="topic", durable=True)
+    if options.results_queue:
+        _declare_queue(channel, options.results_queue, {"x-queue-type": "quorum"})
         channel.queue_bind(
-            settings.results_queue,
-            settings.results_exchange,
-            routing_key=settings.results_routing_key,
+            options.results_queue,
+            options.results_exchange,
+            routing_key=options.results_routing_key,
         )
 
 
@@ -202,14 +244,14 @@ def _declare_queue(channel: BlockingChannel, queue: str, arguments: dict[str, An
         raise BrokerUnavailableError(f"declaring queue {queue!r}: {exc}") from exc
 
 
-def default_route(event: Event, settings: Settings) -> tuple[str, str]:
+def default_route(event: Event, options: BrokerOptions) -> tuple[str, str]:
     """(exchange, routing key) each event type goes to unless told otherwise."""
     if isinstance(event, InspectionCompleted):
-        return "", settings.events_queue
+        return "", options.events_queue
     if isinstance(event, WorkItem):
-        return "", settings.work_queue
+        return "", options.work_queue
     if isinstance(event, ResultsReady):
-        return settings.results_exchange, settings.results_routing_key
+        return options.results_exchange, options.results_routing_key
     raise TypeError(f"not an event: {event!r}")
 
 
@@ -287,14 +329,14 @@ class Publisher:
     started are kept. A publish that fails on a dead connection is retried once on a fresh
     one; a duplicate is possible then, which the idempotent consumers absorb.
 
-        with Publisher(settings) as publisher:
+        with Publisher(BrokerOptions.from_settings(settings)) as publisher:
             publisher.publish(InspectionCompleted(containerInspectionId=42))
     """
 
     def __init__(
-        self, settings: Settings, *, declare: bool = True, connection_name: str | None = None
+        self, options: BrokerOptions, *, declare: bool = True, connection_name: str | None = None
     ) -> None:
-        self._settings = settings
+        self._options = options
         self._declare = declare
         self._name = connection_name or f"chimp-worker publisher {uuid.uuid4().hex[:8]}"
         self._connection: pika.BlockingConnection | None = None
@@ -324,7 +366,7 @@ class Publisher:
         if queue is not None:
             exchange, routing_key = "", queue
         elif routing_key is None:
-            exchange, routing_key = default_route(event, self._settings)
+            exchange, routing_key = default_route(event, self._options)
         body = event.encode()
         message_id = uuid.uuid4().hex
         if priority is None and isinstance(event, InspectionCompleted | WorkItem):
@@ -360,12 +402,12 @@ class Publisher:
         if self._channel is not None and self._channel.is_open:
             return self._channel
         self.close()
-        params = connection_parameters(self._settings, connection_name=self._name)
+        params = connection_parameters(self._options, connection_name=self._name)
         with _translated(f"connecting to {params.host}:{params.port}"):
             self._connection = pika.BlockingConnection(params)
             channel = self._connection.channel()
             if self._declare:
-                declare_topology(channel, self._settings)
+                declare_topology(channel, self._options)
             channel.confirm_delivery()
         self._channel = channel
         return channel
@@ -379,8 +421,8 @@ class BrokerSession:
     drops the session (its delivery tags die with it) and opens a new one.
     """
 
-    def __init__(self, settings: Settings, *, connection_name: str, session_id: int) -> None:
-        self.settings = settings
+    def __init__(self, options: BrokerOptions, *, connection_name: str, session_id: int) -> None:
+        self.options = options
         self.session_id = session_id
         self._name = connection_name
         self._connection: pika.BlockingConnection | None = None
@@ -390,11 +432,11 @@ class BrokerSession:
 
     def open(self) -> None:
         """Connect, declare the topology, open both channels."""
-        params = connection_parameters(self.settings, connection_name=self._name)
+        params = connection_parameters(self.options, connection_name=self._name)
         with _translated(f"connecting to {params.host}:{params.port}"):
             self._connection = pika.BlockingConnection(params)
             self._consume_channel = self._connection.channel()
-            declare_topology(self._consume_channel, self.settings)
+            declare_topology(self._consume_channel, self.options)
             self._publish_channel = self._connection.channel()
             self._publish_channel.confirm_delivery()
 

@@ -38,13 +38,13 @@ from chimp_worker.broker import (
     HEADER_DETAIL,
     HEADER_REASON,
     HEADER_SOURCE_QUEUE,
+    BrokerOptions,
     _properties,
     _publish,
     _translated,
     connection_parameters,
     dead_letter_queue,
 )
-from chimp_worker.config import Settings
 from chimp_worker.errors import NotFoundError, UnroutableMessageError
 
 RETURN_WAIT_S = 5.0  # longest wait for returned messages to show as ready again
@@ -152,14 +152,14 @@ class Moved:
 Selector = Callable[[DeadLetter], bool]
 
 
-def worker_dead_letter_queues(settings: Settings) -> list[str]:
+def worker_dead_letter_queues(options: BrokerOptions) -> list[str]:
     """The dead-letter queues of the queues this worker consumes."""
-    return [dead_letter_queue(q) for q in (settings.events_queue, settings.work_queue)]
+    return [dead_letter_queue(q) for q in (options.events_queue, options.work_queue)]
 
 
-def resolve_queue(settings: Settings, name: str) -> str:
+def resolve_queue(options: BrokerOptions, name: str) -> str:
     """``events``, ``work``, a queue or a dead-letter queue name -> the dead-letter queue."""
-    aliases = {"events": settings.events_queue, "work": settings.work_queue}
+    aliases = {"events": options.events_queue, "work": options.work_queue}
     queue = aliases.get(name, name)
     return queue if queue.startswith(DLQ_PREFIX) else dead_letter_queue(queue)
 
@@ -167,12 +167,12 @@ def resolve_queue(settings: Settings, name: str) -> str:
 class DeadLetterQueues:
     """A connection for the ``dlq`` commands; use as a context manager.
 
-    with DeadLetterQueues(settings) as dlq:
+    with DeadLetterQueues(BrokerOptions.from_settings(settings)) as dlq:
         for letter in dlq.browse("dlq.chimp.work", limit=20): ...
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, options: BrokerOptions) -> None:
+        self._options = options
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
 
@@ -262,7 +262,7 @@ class DeadLetterQueues:
         if self._channel is not None and self._channel.is_open:
             return self._channel
         if self._connection is None or not self._connection.is_open:
-            params = connection_parameters(self._settings, connection_name="chimp-worker dlq tool")
+            params = connection_parameters(self._options, connection_name="chimp-worker dlq tool")
             with _translated(f"connecting to {params.host}:{params.port}"):
                 self._connection = pika.BlockingConnection(params)
         with _translated("opening a channel"):

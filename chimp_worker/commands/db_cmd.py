@@ -121,11 +121,11 @@ def score_schema_command(app: AppContext, schema_name: str | None, apply: bool) 
       chimp-worker db score-schema --apply                # a development database
     """
     from chimp_worker.ispyb import score_schema
-    from chimp_worker.ispyb.database import make_engine, translate_db_errors
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, translate_db_errors
 
     settings = app.settings()
     name = schema_name or score_schema.analyser_schema(settings)
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine = engine_for(DatabaseOptions.from_settings(settings))
     try:
         if apply:
             before, after = score_schema.apply(engine, name)

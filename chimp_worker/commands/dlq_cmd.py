@@ -15,8 +15,8 @@ from chimp_worker.cli import AppContext, pass_app
 from chimp_worker.commands.options import FOLDER, stack
 
 if TYPE_CHECKING:
+    from chimp_worker.broker import BrokerOptions
     from chimp_worker.broker.dead_letters import DeadLetter, Selector
-    from chimp_worker.config import Settings
 
 QUEUES_HELP = (
     "events, work, a queue name or a dlq.<queue> name (repeatable; default: the dead-letter "
@@ -60,12 +60,18 @@ def _selection_options() -> Any:
     )
 
 
-def _resolve(settings: Settings, queues: Sequence[str]) -> list[str]:
+def _broker(app: AppContext) -> BrokerOptions:
+    from chimp_worker.broker import BrokerOptions
+
+    return BrokerOptions.from_settings(app.settings())
+
+
+def _resolve(broker: BrokerOptions, queues: Sequence[str]) -> list[str]:
     from chimp_worker.broker.dead_letters import resolve_queue, worker_dead_letter_queues
 
     if not queues:
-        return worker_dead_letter_queues(settings)
-    return list(dict.fromkeys(resolve_queue(settings, name) for name in queues))
+        return worker_dead_letter_queues(broker)
+    return list(dict.fromkeys(resolve_queue(broker, name) for name in queues))
 
 
 def _selector(take_all: bool, reasons: Sequence[str], message_ids: Sequence[str]) -> Selector:
@@ -109,10 +115,10 @@ def list_command(app: AppContext, queues: tuple[str, ...], fmt: str, limit: int)
     """
     from chimp_worker.broker.dead_letters import DeadLetterQueues
 
-    settings = app.settings()
+    broker = _broker(app)
     rows = []
-    with DeadLetterQueues(settings) as queues_:
-        for queue in _resolve(settings, queues):
+    with DeadLetterQueues(broker) as queues_:
+        for queue in _resolve(broker, queues):
             count = queues_.count(queue)
             reasons: Counter[str] = Counter()
             if count.messages:
@@ -151,10 +157,10 @@ def show(app: AppContext, queues: tuple[str, ...], limit: int, fmt: str) -> None
     """
     from chimp_worker.broker.dead_letters import DeadLetterQueues
 
-    settings = app.settings()
+    broker = _broker(app)
     letters: list[DeadLetter] = []
-    with DeadLetterQueues(settings) as queues_:
-        for queue in _resolve(settings, queues):
+    with DeadLetterQueues(broker) as queues_:
+        for queue in _resolve(broker, queues):
             letters += queues_.browse(queue, limit=limit)
     if fmt == "json":
         click.echo(json.dumps([letter.as_dict() for letter in letters], indent=2))
@@ -198,9 +204,9 @@ def reinject(
     from chimp_worker.errors import ChimpError
 
     select = _selector(take_all, reasons, message_ids)
-    settings = app.settings()
-    resolved = _resolve(settings, queues)
-    with DeadLetterQueues(settings) as queues_:
+    broker = _broker(app)
+    resolved = _resolve(broker, queues)
+    with DeadLetterQueues(broker) as queues_:
         chosen = sum(sum(map(select, queues_.browse(queue, limit=limit))) for queue in resolved)
         if not chosen:
             click.echo("no dead letters match")
@@ -249,9 +255,9 @@ def purge(
     from chimp_worker.broker.dead_letters import DeadLetterQueues
 
     select = _selector(take_all, reasons, message_ids)
-    settings = app.settings()
-    resolved = _resolve(settings, queues)
-    with DeadLetterQueues(settings) as queues_:
+    broker = _broker(app)
+    resolved = _resolve(broker, queues)
+    with DeadLetterQueues(broker) as queues_:
         chosen = sum(sum(map(select, queues_.browse(queue, limit=limit))) for queue in resolved)
         if not chosen:
             click.echo("no dead letters match")

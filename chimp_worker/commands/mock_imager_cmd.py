@@ -140,6 +140,8 @@ def mock_imager(
 
 
 def _create(settings: Settings, request: PlateRequest, *, publish: bool, interval_s: float) -> None:
+    from chimp_worker.broker import BrokerOptions
+    from chimp_worker.ispyb.database import DatabaseOptions
     from chimp_worker.mock_imager.imager import run_mock_imager
 
     def report(inspection: MockInspection, message_id: str | None) -> None:
@@ -151,7 +153,11 @@ def _create(settings: Settings, request: PlateRequest, *, publish: bool, interva
 
     try:
         plate = run_mock_imager(
-            settings, request, publish=publish, interval_s=interval_s, on_inspection=report
+            DatabaseOptions.from_settings(settings),
+            request,
+            broker=BrokerOptions.from_settings(settings) if publish else None,
+            interval_s=interval_s,
+            on_inspection=report,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

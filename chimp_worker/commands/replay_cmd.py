@@ -166,10 +166,12 @@ def replay(
         else:
             _do_work(settings, factory, backlog, pipeline, size, priority, summary)
             if announce and pipeline is not None:
-                from chimp_worker.broker import Publisher
+                from chimp_worker.broker import BrokerOptions, Publisher
                 from chimp_worker.replay import announce_results
 
-                with Publisher(settings, connection_name="chimp-worker replay") as publisher:
+                with Publisher(
+                    BrokerOptions.from_settings(settings), connection_name="chimp-worker replay"
+                ) as publisher:
                     announce_results(backlog, pipeline, publisher, settings, summary=summary)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -258,10 +260,12 @@ def _do_work(
                     summary=summary,
                 )
             else:
-                from chimp_worker.broker import Publisher
+                from chimp_worker.broker import BrokerOptions, Publisher
 
                 task = progress.add_task("publishing", total=backlog.image_count)
-                with Publisher(settings, connection_name="chimp-worker replay") as publisher:
+                with Publisher(
+                    BrokerOptions.from_settings(settings), connection_name="chimp-worker replay"
+                ) as publisher:
                     publish_backlog(
                         backlog,
                         publisher,

@@ -89,6 +89,7 @@ def report(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from chimp_worker.errors import ConfigError, PicturesUnreadableError
+    from chimp_worker.images import ImageOptions
     from chimp_worker.ispyb import queries
     from chimp_worker.report import write_html, write_png
     from chimp_worker.report.build import (
@@ -103,10 +104,11 @@ def report(
     settings = app.settings()
     out = out or Path(f"plate-{_safe_name(barcode)}.html")
     loader: ImageLoader | None = None
-    linker: ImageLinker | None = make_image_linker(settings, image_link)
+    images = ImageOptions.from_settings(settings)
+    linker: ImageLinker | None = make_image_linker(images, image_link)
     if not no_pictures:
         try:
-            loader = make_image_loader(settings, thumbnail_size)
+            loader = make_image_loader(images, thumbnail_size)
         except ConfigError as error:
             raise ConfigError(
                 f"drop pictures cannot be read: {error}; or pass --no-pictures"

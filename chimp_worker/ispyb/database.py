@@ -14,8 +14,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
@@ -30,6 +32,9 @@ from chimp_worker.errors import (
     DatabaseUnavailableError,
     MissingGrantError,
 )
+
+if TYPE_CHECKING:
+    from chimp_worker.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MYSQL_POOL_RECYCLE_S = 1800
@@ -55,6 +60,27 @@ TRANSIENT_MYSQL_CODES: Mapping[int, str] = {
     4031: "disconnected by the server (idle)",
 }
 TRANSIENT_SQLITE_MESSAGES = ("database is locked", "database table is locked", "disk i/o error")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseOptions:
+    """Where ISPyB is and how to connect: the database slice of ``Settings``. Both fields may
+    hold a password: they are kept out of ``repr``."""
+
+    url: str = field(repr=False)
+    connect_args: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DatabaseOptions:
+        return cls(
+            url=settings.database_url,
+            connect_args=MappingProxyType(dict(settings.database_connect_args)),
+        )
+
+
+def engine_for(options: DatabaseOptions, *, create: bool = False) -> Engine:
+    """``make_engine`` for the configured database."""
+    return make_engine(options.url, options.connect_args, create=create)
 
 
 def make_engine(

@@ -266,11 +266,11 @@ def check_against_truth(
 ) -> tuple[DropCheck, ...]:
     """Read the stored results the way staff do and compare each with its ground truth."""
     from chimp_worker.ispyb import queries
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.mock_imager.measure import crystal_hit
 
     inspection_id = inspection_id or plate.latest.containerInspectionId
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine = engine_for(DatabaseOptions.from_settings(settings))
     try:
         factory = make_session_factory(engine)
         found = queries.find_plate(factory, barcode=plate.barcode)
@@ -312,10 +312,10 @@ def check_against_truth(
 
 def check_hits_against_truth(settings: Settings, plate: MockPlate) -> tuple[HitCheck, ...]:
     """Each drop's first hit in the worker's tables against its first true crystal."""
-    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.database import DatabaseOptions, engine_for, make_session_factory
     from chimp_worker.ispyb.hit_queries import HitFilters, course_points, find_hits
 
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    engine = engine_for(DatabaseOptions.from_settings(settings))
     try:
         factory = make_session_factory(engine)
         rows = {
@@ -345,6 +345,7 @@ def check_hits_against_truth(settings: Settings, plate: MockPlate) -> tuple[HitC
 
 
 def _write_report(settings: Settings, plate: MockPlate, output: Path) -> tuple[Path, Path]:
+    from chimp_worker.images import ImageOptions
     from chimp_worker.ispyb import queries
     from chimp_worker.ispyb.database import make_engine, make_session_factory
     from chimp_worker.report import write_html, write_png
@@ -354,6 +355,7 @@ def _write_report(settings: Settings, plate: MockPlate, output: Path) -> tuple[P
         make_image_loader,
     )
 
+    images = ImageOptions.from_settings(settings)
     engine = make_engine(settings.database_url)
     try:
         factory = make_session_factory(engine)
@@ -361,8 +363,8 @@ def _write_report(settings: Settings, plate: MockPlate, output: Path) -> tuple[P
         report = build_plate_report(
             factory,
             found,
-            load_image=make_image_loader(settings, 384),
-            link_image=make_image_linker(settings),
+            load_image=make_image_loader(images, 384),
+            link_image=make_image_linker(images),
             thumbnail_size=384,
         )
     finally:

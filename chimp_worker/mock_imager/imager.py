@@ -1,7 +1,7 @@
 """The mock imager as a process: a plate in the configured database, events on the broker.
 
 ``run_mock_imager`` is what ``chimp-worker mock-imager`` calls: it creates a plate with
-``create_plate`` in ``settings.database_url`` and, when asked, publishes one
+``create_plate`` in the configured database and, given a broker, publishes one
 ``InspectionCompleted`` event per inspection as each is marked Completed (publisher confirms,
 ``mandatory``), waiting ``interval_s`` between inspections of a schedule the way a real
 imager's schedule spaces them (in seconds here instead of days).
@@ -14,14 +14,22 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, inspect
 
-from chimp_worker.config import Settings
 from chimp_worker.errors import DatabaseSchemaError
-from chimp_worker.ispyb.database import make_engine, make_session_factory, translate_db_errors
+from chimp_worker.ispyb.database import (
+    DatabaseOptions,
+    engine_for,
+    make_session_factory,
+    translate_db_errors,
+)
 from chimp_worker.log import get_logger
 from chimp_worker.mock_imager.plate import MockInspection, MockPlate, create_plate
+
+if TYPE_CHECKING:
+    from chimp_worker.broker import BrokerOptions
 
 log = get_logger(__name__)
 
@@ -43,27 +51,26 @@ class PlateRequest:
 
 
 def run_mock_imager(
-    settings: Settings,
+    database: DatabaseOptions,
     request: PlateRequest,
     *,
-    publish: bool = False,
+    broker: BrokerOptions | None = None,
     interval_s: float = 0.0,
     on_inspection: Callable[[MockInspection, str | None], None] | None = None,
 ) -> MockPlate:
-    """Create and image the plate; returns it. ``on_inspection(inspection, message_id)``
-    reports each completed inspection (message id None when not published)."""
-    engine = make_engine(settings.database_url, settings.database_connect_args)
+    """Create and image the plate; returns it. With ``broker``, each completed inspection's
+    event is published there. ``on_inspection(inspection, message_id)`` reports each completed
+    inspection (message id None when not published)."""
+    engine = engine_for(database)
     try:
         require_core_tables(engine)
         with ExitStack() as stack:
             publisher = None
-            if publish:
+            if broker is not None:
                 from chimp_worker.broker import Publisher
 
                 publisher = stack.enter_context(
-                    Publisher(
-                        settings, connection_name=f"chimp-worker mock-imager {request.barcode}"
-                    )
+                    Publisher(broker, connection_name=f"chimp-worker mock-imager {request.barcode}")
                 )
 
             def completed(inspection: MockInspection) -> None:

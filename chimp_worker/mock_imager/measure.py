@@ -175,11 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size-divisor", type=int, default=1, help="render smaller (faster)")
     parser.add_argument("--seed", type=int, default=1000)
     args = parser.parse_args(argv)
+    from chimp_worker.analysis import AnalysisOptions
     from chimp_worker.baseline import BaselineAnalyser
     from chimp_worker.config import load_settings
 
     flavours = ("vmxi", "xchem") if args.flavour == "both" else (args.flavour,)
-    analyser = BaselineAnalyser(load_settings())
+    analyser = BaselineAnalyser(AnalysisOptions.from_settings(load_settings()))
     samples = mock_images(
         args.images, flavours=flavours, size_divisor=args.size_divisor, seed=args.seed
     )

@@ -44,7 +44,7 @@ from chimp_worker.report.model import (
 from chimp_worker.report.thumbnails import thumbnail_data_uri
 
 if TYPE_CHECKING:
-    from chimp_worker.config import Settings
+    from chimp_worker.images import ImageOptions
 
 log = get_logger(__name__)
 
@@ -64,7 +64,7 @@ ImageLoader = Callable[[str, int], Picture]
 ImageLinker = Callable[[str, int], str | None]
 
 
-def make_image_linker(settings: Settings, template: str | None = None) -> ImageLinker:
+def make_image_linker(images: ImageOptions, template: str | None = None) -> ImageLinker:
     """Links to the full-size images: ``template`` (``{imageFullPath}``, ``{blSampleImageId}``,
     e.g. a facility's image server), else the URL the worker fetches from, else a ``file:`` URI
     of the image under the image roots (None for one outside them)."""
@@ -86,7 +86,7 @@ def make_image_linker(settings: Settings, template: str | None = None) -> ImageL
 
         return from_template
     try:
-        source = make_image_source(settings)
+        source = make_image_source(images)
     except ConfigError:
         return lambda path, image_id: None
     if isinstance(source, HttpSource):
@@ -103,7 +103,7 @@ def make_image_linker(settings: Settings, template: str | None = None) -> ImageL
     return lambda path, image_id: None
 
 
-def make_image_loader(settings: Settings, max_side: int) -> ImageLoader:
+def make_image_loader(images: ImageOptions, max_side: int) -> ImageLoader:
     """Read pictures the way the worker does (roots, path map, HTTP template, limits).
 
     From a filesystem source a JPEG is decoded at a reduced scale (libjpeg's DCT scaling via
@@ -112,7 +112,7 @@ def make_image_loader(settings: Settings, max_side: int) -> ImageLoader:
     """
     from chimp_worker.images import FilesystemSource, make_image_source
 
-    source = make_image_source(settings)
+    source = make_image_source(images)
     if not isinstance(source, FilesystemSource):
 
         def fetch(path: str, image_id: int) -> Picture:
@@ -127,7 +127,7 @@ def make_image_loader(settings: Settings, max_side: int) -> ImageLoader:
         try:
             with Image.open(local) as picture:
                 width, height = picture.size
-                if width * height > settings.image_max_pixels:
+                if width * height > images.max_pixels:
                     raise ImageTooLargeError(f"{path}: {width} x {height} pixels is too large")
                 picture.draft("RGB", (max_side, max_side))
                 pixels = np.asarray(picture.convert("RGB"))

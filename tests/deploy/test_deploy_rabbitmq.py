@@ -15,7 +15,7 @@ import pytest
 from helpers.deploy import POLICIES
 from helpers.rabbit import RabbitProbe
 
-from chimp_worker.broker import dead_letter_queue, declare_topology, queue_arguments
+from chimp_worker.broker import BrokerOptions, dead_letter_queue, declare_topology, queue_arguments
 from chimp_worker.config import Settings
 
 pytestmark = pytest.mark.rabbitmq
@@ -49,7 +49,8 @@ def test_policies_give_each_default_queue_what_declare_mode_would_declare() -> N
     assert sorted(by_queue) == sorted([defaults.events_queue, defaults.work_queue])
     for queue, policy in by_queue.items():
         declared = queue_arguments(
-            defaults.model_copy(update={"queue_arguments": "declare"}), queue
+            BrokerOptions.from_settings(defaults.model_copy(update={"queue_arguments": "declare"})),
+            queue,
         )
         expected = {key.removeprefix("x-"): value for key, value in declared.items()}
         assert expected.pop("queue-type") == "quorum"  # a policy cannot set the queue type
@@ -116,7 +117,7 @@ def channel(amqp_url: str) -> Iterator[pika.adapters.blocking_connection.Blockin
 def test_a_message_requeued_past_the_delivery_limit_lands_in_the_dead_letter_queue(
     policy_settings: Settings, channel
 ) -> None:
-    declare_topology(channel, policy_settings)
+    declare_topology(channel, BrokerOptions.from_settings(policy_settings))
     work = policy_settings.work_queue
     channel.basic_publish("", work, b'{"poison": true}', pika.BasicProperties(delivery_mode=2))
     deliveries = 0
@@ -142,7 +143,7 @@ def test_a_message_requeued_past_the_delivery_limit_lands_in_the_dead_letter_que
 def test_a_rejected_event_lands_in_the_events_dead_letter_queue(
     policy_settings: Settings, channel
 ) -> None:
-    declare_topology(channel, policy_settings)
+    declare_topology(channel, BrokerOptions.from_settings(policy_settings))
     events = policy_settings.events_queue
     channel.basic_publish("", events, b"not json", pika.BasicProperties(delivery_mode=2))
     method = None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers.faults import FaultWorld, WorkerPool, mariadb_admin, mariadb_url_for, require_mariadb
 
-from chimp_worker.analysis import Analyser
+from chimp_worker.analysis import Analyser, AnalysisOptions
 
 
 @pytest.fixture(scope="package")
@@ -56,4 +56,4 @@ def analyser() -> Analyser:
     from chimp_worker.baseline import BaselineAnalyser
     from chimp_worker.config import Settings
 
-    return BaselineAnalyser(Settings(analyser="baseline"))
+    return BaselineAnalyser(AnalysisOptions.from_settings(Settings(analyser="baseline")))

@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.analysis import Analyser
-from chimp_worker.broker import Publisher
+from chimp_worker.broker import BrokerOptions, Publisher
 from chimp_worker.config import Settings, load_settings
 from chimp_worker.events import InspectionCompleted
 from chimp_worker.images import FilesystemSource
@@ -430,7 +430,7 @@ class FaultWorld:
         self.probe.declare(self.settings())
 
     def publish_inspection(self, times: int = 1) -> None:
-        with Publisher(self.settings()) as publisher:
+        with Publisher(BrokerOptions.from_settings(self.settings())) as publisher:
             for _ in range(times):
                 publisher.publish(InspectionCompleted(containerInspectionId=self.inspection_id))
 

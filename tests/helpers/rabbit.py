@@ -10,7 +10,7 @@ from typing import Any
 
 import pika
 
-from chimp_worker.broker import declare_topology
+from chimp_worker.broker import BrokerOptions, declare_topology
 from chimp_worker.config import Settings
 
 
@@ -47,7 +47,7 @@ class RabbitProbe:
 
     def declare(self, settings: Settings) -> None:
         """The worker's topology, so raw messages published before a worker starts are kept."""
-        declare_topology(self._connection.channel(), settings)
+        declare_topology(self._connection.channel(), BrokerOptions.from_settings(settings))
 
     def publish_raw(self, queue: str, body: bytes) -> None:
         self._channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.analysis import Analyser, DecodedImage, ImageAnalysis, ModelRef
 from chimp_worker.config import Settings
-from chimp_worker.images import make_image_source
+from chimp_worker.images import ImageOptions, make_image_source
 from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.worker_tables import (
@@ -101,7 +101,7 @@ def build_world(url: str, image_root: Path, current: Analyser, **settings: objec
     config = plate_settings(url, image_root, **settings)
     engine = make_engine(url)
     factory = make_session_factory(engine)
-    source = make_image_source(config)
+    source = make_image_source(ImageOptions.from_settings(config))
 
     def make_pipeline(analyser: Analyser) -> Pipeline:
         return Pipeline(factory, source, analyser, batch_size=2)

@@ -10,11 +10,12 @@ from click.testing import CliRunner
 from helpers.rabbit import RabbitProbe
 from sqlalchemy import func, select
 
+from chimp_worker.broker import BrokerOptions
 from chimp_worker.cli import cli
 from chimp_worker.config import Settings
 from chimp_worker.events import InspectionCompleted, decode_event
 from chimp_worker.ispyb import tables as t
-from chimp_worker.ispyb.database import make_engine
+from chimp_worker.ispyb.database import DatabaseOptions, make_engine
 from chimp_worker.mock_imager.imager import PlateRequest, run_mock_imager
 
 
@@ -76,7 +77,7 @@ def test_published_events_name_each_completed_inspection(
     try:
         seen: list[tuple[int, str | None]] = []
         plate = run_mock_imager(
-            settings,
+            DatabaseOptions.from_settings(settings),
             PlateRequest(
                 barcode="CQX-EVT",
                 image_root=tmp_path,
@@ -84,7 +85,7 @@ def test_published_events_name_each_completed_inspection(
                 inspections=2,
                 image_size=(253, 203),
             ),
-            publish=True,
+            broker=BrokerOptions.from_settings(settings),
             on_inspection=lambda inspection, message_id: seen.append(
                 (inspection.containerInspectionId, message_id)
             ),

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 
 from chimp_worker.cli import cli
 from chimp_worker.errors import ImageError
-from chimp_worker.images import FilesystemSource, make_image_source
+from chimp_worker.images import FilesystemSource, ImageOptions, make_image_source
 from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.ispyb.progress import inspection_images
@@ -153,11 +153,13 @@ def test_the_plate_can_be_fetched_over_http_from_the_mock_server(
 ) -> None:
     plate = small_plate(ispyb_sqlite_url, tmp_path, wells=1)
     image = plate.latest.images[1]
-    from_disk = make_image_source(plate_settings(ispyb_sqlite_url, tmp_path)).fetch(
-        image.imageFullPath
-    )
+    from_disk = make_image_source(
+        ImageOptions.from_settings(plate_settings(ispyb_sqlite_url, tmp_path))
+    ).fetch(image.imageFullPath)
     with served_plate_settings(ispyb_sqlite_url, tmp_path) as (settings, server):
-        over_http = make_image_source(settings).fetch(image.imageFullPath, image.blSampleImageId)
+        over_http = make_image_source(ImageOptions.from_settings(settings)).fetch(
+            image.imageFullPath, image.blSampleImageId
+        )
         assert server.count(image.imageFullPath) == 1
     assert np.array_equal(from_disk.pixels, over_http.pixels)
 

@@ -12,6 +12,7 @@ import pytest
 from helpers.rabbit import RabbitProbe, close_broker_connection
 
 from chimp_worker.broker import (
+    BrokerOptions,
     Publisher,
     connection_parameters,
     declare_topology,
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.rabbitmq
 
 def test_connection_parameters_carry_heartbeat_blocked_timeout_and_a_name() -> None:
     settings = Settings(amqp_heartbeat_s=7, amqp_blocked_timeout_s=33.0)
-    params = connection_parameters(settings, connection_name="worker-1")
+    params = connection_parameters(
+        BrokerOptions.from_settings(settings), connection_name="worker-1"
+    )
     assert params.heartbeat == 7
     assert params.blocked_connection_timeout == 33.0
     assert params.client_properties["connection_name"] == "worker-1"
@@ -35,7 +38,7 @@ def test_connection_parameters_carry_heartbeat_blocked_timeout_and_a_name() -> N
 
 def test_amqps_urls_get_a_verifying_tls_context_for_the_broker_host() -> None:
     settings = Settings(amqp_url="amqps://u:p@broker.example:5671/%2F")
-    params = connection_parameters(settings, connection_name="w")
+    params = connection_parameters(BrokerOptions.from_settings(settings), connection_name="w")
     assert params.port == 5671
     assert params.ssl_options is not None
     assert params.ssl_options.server_hostname == "broker.example"
@@ -46,7 +49,7 @@ def test_amqps_urls_get_a_verifying_tls_context_for_the_broker_host() -> None:
 def test_an_unreadable_tls_ca_file_is_a_config_error(tmp_path: Path) -> None:
     settings = Settings(amqp_url="amqps://h/%2F", amqp_tls_ca_file=tmp_path / "missing.pem")
     with pytest.raises(ConfigError, match="amqp_tls"):
-        connection_parameters(settings, connection_name="w")
+        connection_parameters(BrokerOptions.from_settings(settings), connection_name="w")
 
 
 def test_declared_queues_are_quorum_with_delivery_limit_and_a_dlq_each(
@@ -54,8 +57,9 @@ def test_declared_queues_are_quorum_with_delivery_limit_and_a_dlq_each(
 ) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(queue_settings.amqp_url))
     try:
-        declare_topology(connection.channel(), queue_settings)
-        declare_topology(connection.channel(), queue_settings)  # idempotent
+        options = BrokerOptions.from_settings(queue_settings)
+        declare_topology(connection.channel(), options)
+        declare_topology(connection.channel(), options)  # idempotent
     finally:
         connection.close()
     listing = subprocess.run(
@@ -78,10 +82,10 @@ def test_a_queue_declared_with_other_arguments_is_a_topology_mismatch_naming_it(
 ) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(queue_settings.amqp_url))
     try:
-        declare_topology(connection.channel(), queue_settings)
+        declare_topology(connection.channel(), BrokerOptions.from_settings(queue_settings))
         changed = queue_settings.model_copy(update={"delivery_limit": 9})
         with pytest.raises(TopologyMismatchError) as caught:
-            declare_topology(connection.channel(), changed)
+            declare_topology(connection.channel(), BrokerOptions.from_settings(changed))
     finally:
         connection.close()
     assert repr(queue_settings.events_queue) in str(caught.value)
@@ -92,7 +96,7 @@ def test_a_message_redelivered_past_the_delivery_limit_lands_in_its_dlq(
     queue_settings: Settings, rabbit: RabbitProbe
 ) -> None:
     settings = queue_settings.model_copy(update={"delivery_limit": 1})
-    with Publisher(settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(settings)) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=5))
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     channel = connection.channel()
@@ -110,7 +114,7 @@ def test_a_message_redelivered_past_the_delivery_limit_lands_in_its_dlq(
 def test_the_publisher_routes_each_event_type_to_its_queue(
     queue_settings: Settings, rabbit: RabbitProbe
 ) -> None:
-    with Publisher(queue_settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(queue_settings)) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=1, barcode="P1"))
         publisher.publish(WorkItem(containerInspectionId=1, blSampleImageIds=(4, 5)))
         publisher.publish(results_ready_now(1, 2, "baseline", "BASELINE_CV"))
@@ -123,7 +127,10 @@ def test_the_publisher_routes_each_event_type_to_its_queue(
 
 
 def test_an_unroutable_publish_raises_instead_of_vanishing(queue_settings: Settings) -> None:
-    with Publisher(queue_settings) as publisher, pytest.raises(UnroutableMessageError):
+    with (
+        Publisher(BrokerOptions.from_settings(queue_settings)) as publisher,
+        pytest.raises(UnroutableMessageError),
+    ):
         publisher.publish(
             WorkItem(containerInspectionId=1, blSampleImageIds=(1,)),
             queue=f"{queue_settings.work_queue}.nobody",
@@ -134,7 +141,7 @@ def test_the_publisher_reconnects_after_the_broker_closed_its_connection(
     queue_settings: Settings, rabbit: RabbitProbe, queue_prefix: str
 ) -> None:
     name = f"{queue_prefix}-publisher"
-    with Publisher(queue_settings, connection_name=name) as publisher:
+    with Publisher(BrokerOptions.from_settings(queue_settings), connection_name=name) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=1))
         assert close_broker_connection(name) == 1
         publisher.publish(InspectionCompleted(containerInspectionId=2))
@@ -149,7 +156,8 @@ def test_policy_mode_declares_only_the_queue_type_and_a_broker_policy_dead_lette
     queue_settings: Settings, rabbit: RabbitProbe, queue_prefix: str
 ) -> None:
     settings = queue_settings.model_copy(update={"queue_arguments": "policy"})
-    assert queue_arguments(settings, settings.events_queue) == {"x-queue-type": "quorum"}
+    options = BrokerOptions.from_settings(settings)
+    assert queue_arguments(options, settings.events_queue) == {"x-queue-type": "quorum"}
     policy = f"{queue_prefix}-events"
     definition = {
         "delivery-limit": 0,
@@ -172,7 +180,7 @@ def test_policy_mode_declares_only_the_queue_type_and_a_broker_policy_dead_lette
         timeout=60,
     )
     try:
-        with Publisher(settings) as publisher:
+        with Publisher(BrokerOptions.from_settings(settings)) as publisher:
             publisher.publish(InspectionCompleted(containerInspectionId=8))
         connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
         channel = connection.channel()

@@ -22,7 +22,13 @@ from helpers.workers import (
 )
 from sqlalchemy import func, select
 
-from chimp_worker.broker import HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_QUEUE, Publisher
+from chimp_worker.broker import (
+    HEADER_DETAIL,
+    HEADER_REASON,
+    HEADER_SOURCE_QUEUE,
+    BrokerOptions,
+    Publisher,
+)
 from chimp_worker.events import InspectionCompleted, WorkItem
 from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.worker_tables import ChimpImageResult
@@ -59,7 +65,7 @@ def drained(rabbit: RabbitProbe, world: PlateWorld) -> bool:
 def test_an_inspection_event_ends_with_every_image_written_and_one_results_ready(
     world: PlateWorld, rabbit: RabbitProbe
 ) -> None:
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=world.inspection_id))
     with running_workers() as start:  # the weight-free baseline analyser, from settings
         worker = start(world.settings, None, name="w1", idle_exit_s=1.5)
@@ -93,13 +99,13 @@ def test_the_same_event_published_twice_gives_identical_rows_and_one_results_rea
     world: PlateWorld, rabbit: RabbitProbe
 ) -> None:
     event = InspectionCompleted(containerInspectionId=world.inspection_id, barcode="MOCK-0001")
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         publisher.publish(event)
         publisher.publish(event)
     with running_workers() as start:
         start(world.settings, None, name="w1", idle_exit_s=1.5).join()
     first = snapshot(world.factory)
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         publisher.publish(event)
     with running_workers() as start:
         again = start(world.settings, None, name="w2", idle_exit_s=1.5)
@@ -121,7 +127,7 @@ def test_two_workers_on_one_plate_process_every_image_once_and_complete_it_once(
             start(world.settings, analyser, name=f"w{n}", idle_exit_s=2.0)
             for n, analyser in enumerate(analysers)
         ]
-        with Publisher(world.settings) as publisher:
+        with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
             publisher.publish(InspectionCompleted(containerInspectionId=world.inspection_id))
         for worker in workers:
             worker.join()
@@ -165,7 +171,7 @@ def test_malformed_messages_go_to_the_dead_letter_queue_at_once_with_their_reaso
 def test_an_unknown_inspection_is_retried_a_bounded_number_of_times_then_dead_lettered(
     world: PlateWorld, rabbit: RabbitProbe
 ) -> None:
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=987654))
     with structlog.testing.capture_logs() as logs, running_workers() as start:
         start(world.settings, PixelStatsAnalyser(), name="w1", idle_exit_s=1.5).join()
@@ -180,7 +186,7 @@ def test_an_unknown_inspection_is_retried_a_bounded_number_of_times_then_dead_le
 def test_work_naming_images_of_another_inspection_is_dead_lettered_before_any_write(
     world: PlateWorld, rabbit: RabbitProbe
 ) -> None:
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         publisher.publish(
             WorkItem(containerInspectionId=world.inspection_id, blSampleImageIds=(1, 555555))
         )
@@ -195,7 +201,7 @@ def test_work_naming_images_of_another_inspection_is_dead_lettered_before_any_wr
 def test_max_messages_stops_after_that_many_and_leaves_the_rest_queued(
     world: PlateWorld, rabbit: RabbitProbe
 ) -> None:
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=world.inspection_id))
     with running_workers() as start:
         worker = start(world.settings, PixelStatsAnalyser(), name="w1", max_messages=2)
@@ -219,7 +225,7 @@ def test_an_inspection_committed_after_its_event_is_planned_once_it_becomes_visi
         }
     )
     late_id = world.inspection_id + 1  # the next inspection the imager will write
-    with Publisher(settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(settings)) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=late_id))
     with structlog.testing.capture_logs() as logs, running_workers() as start:
         worker = start(settings, PixelStatsAnalyser(), name="w1", idle_exit_s=1.5)
@@ -242,7 +248,7 @@ def test_a_write_the_database_refuses_fails_one_image_and_every_message_is_acked
     the database's reason, the rest of the plate written, the inspection done and announced."""
     orphan = world.plate.latest.images[2]
     orphan_sample(world.settings.database_url, orphan.blSampleId)
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=world.inspection_id))
     analyser = PixelStatsAnalyser()  # a target and a dispense point on every image
     with running_workers() as start:

@@ -30,7 +30,7 @@ from helpers.workers import (
 from sqlalchemy.engine import make_url
 
 from chimp_worker import __version__
-from chimp_worker.broker import Publisher
+from chimp_worker.broker import BrokerOptions, Publisher
 from chimp_worker.daemon import Daemon
 from chimp_worker.events import InspectionCompleted, WorkItem
 from chimp_worker.sdnotify import SystemdNotifier
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.mariadb, pytest.mark.slow]
 
 
 def publish(world: PlateWorld, event: InspectionCompleted | WorkItem) -> None:
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         publisher.publish(event)
 
 

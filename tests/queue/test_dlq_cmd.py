@@ -14,7 +14,7 @@ from helpers.analysers import PixelStatsAnalyser
 from helpers.rabbit import RabbitProbe
 from helpers.workers import running_workers
 
-from chimp_worker.broker import HEADER_REASON, Publisher
+from chimp_worker.broker import HEADER_REASON, BrokerOptions, Publisher
 from chimp_worker.broker.dead_letters import HEADER_REINJECTED_FROM, HEADER_REINJECTIONS
 from chimp_worker.cli import cli
 from chimp_worker.config import Settings
@@ -41,7 +41,7 @@ def dead_world(
     rabbit.publish_raw(settings.events_queue, b"{not json")
     with running_workers() as start:
         start(settings, PixelStatsAnalyser(), name="dlq-maker", idle_exit_s=1.0).join()
-    with Publisher(settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(settings)) as publisher:
         publisher.publish(WorkItem(containerInspectionId=4711, blSampleImageIds=(1, 2)))
     refuse_until_dead(settings.amqp_url, settings.work_queue)
     assert rabbit.wait_for_count(f"dlq.{settings.events_queue}", 1) == 1
@@ -85,7 +85,8 @@ def test_list_counts_each_dead_letter_queue_by_reason(dead_world: Settings) -> N
 def test_show_gives_reason_detail_and_source_and_leaves_the_messages_in_order(
     dead_world: Settings, rabbit: RabbitProbe
 ) -> None:
-    with Publisher(dead_world) as publisher:  # a second work dead letter, after the first
+    # a second work dead letter, after the first
+    with Publisher(BrokerOptions.from_settings(dead_world)) as publisher:
         publisher.publish(WorkItem(containerInspectionId=4712, blSampleImageIds=(3,)))
     refuse_until_dead(dead_world.amqp_url, dead_world.work_queue)
     assert rabbit.wait_for_count(f"dlq.{dead_world.work_queue}", 2) == 2

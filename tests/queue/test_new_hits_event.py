@@ -12,7 +12,7 @@ from helpers.rabbit import RabbitProbe
 from helpers.workers import running_workers
 from sqlalchemy import select
 
-from chimp_worker.broker import Publisher
+from chimp_worker.broker import BrokerOptions, Publisher
 from chimp_worker.config import Settings
 from chimp_worker.events import InspectionCompleted, decode_event
 from chimp_worker.ispyb.database import make_engine, make_session_factory
@@ -39,7 +39,7 @@ def test_each_results_ready_lists_exactly_the_new_hits(
     )
     location_of = dict(zip(plate.blSampleIds, plate.locations, strict=True))
     announced = []
-    with running_workers() as start, Publisher(settings) as publisher:
+    with running_workers() as start, Publisher(BrokerOptions.from_settings(settings)) as publisher:
         start(settings, None, name="hits-worker")
         for number, inspection in enumerate(plate.inspections, start=1):
             publisher.publish(

@@ -18,7 +18,7 @@ from helpers.rabbit import RabbitProbe
 from helpers.workers import PlateWorld, running_workers
 from sqlalchemy import select
 
-from chimp_worker.broker import Publisher
+from chimp_worker.broker import BrokerOptions, Publisher
 from chimp_worker.events import WorkItem
 from chimp_worker.ispyb import progress
 from chimp_worker.ispyb.worker_tables import ChimpInspection
@@ -48,7 +48,7 @@ def published_at(world: PlateWorld) -> datetime.datetime | None:
 def queue_work_item(world: PlateWorld, *, redelivered: bool) -> None:
     """One work item for two images of the plate; redelivered: taken once and never acked."""
     item = WorkItem(containerInspectionId=world.inspection_id, blSampleImageIds=world.image_ids[:2])
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         publisher.publish(item)
     if redelivered:
         connection = pika.BlockingConnection(pika.URLParameters(world.settings.amqp_url))

@@ -13,7 +13,7 @@ import pytest
 from helpers.faults import REPO, WorkerPool
 from helpers.rabbit import RabbitProbe
 
-from chimp_worker.broker import Publisher
+from chimp_worker.broker import BrokerOptions, Publisher
 from chimp_worker.config import load_settings
 from chimp_worker.events import InspectionCompleted
 from chimp_worker.ispyb.schema import create_all
@@ -126,7 +126,7 @@ def test_a_worker_with_a_wrong_database_password_refuses_to_start_and_never_logs
         results_queue=env["CHIMP_RESULTS_QUEUE"],
         delivery_limit=1,
     )
-    with Publisher(settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(settings)) as publisher:
         publisher.publish(InspectionCompleted(containerInspectionId=42))
     worker = workers.start(env, name="bad-db-password")
     assert worker.wait(60) == 2

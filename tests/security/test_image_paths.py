@@ -25,7 +25,7 @@ from chimp_worker.errors import (
     ImageOutsideRootsError,
 )
 from chimp_worker.events import decode_event
-from chimp_worker.images import HttpSource, make_image_source
+from chimp_worker.images import HttpSource, ImageOptions, make_image_source
 from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import make_engine, make_session_factory
 from chimp_worker.mock_imager.http_server import ImageServer
@@ -165,4 +165,4 @@ def test_a_path_that_looks_like_a_url_stays_a_path_on_the_configured_host(
 def test_a_template_with_the_path_in_the_host_is_refused_at_start_up() -> None:
     settings = load_settings(image_url_template="http://{imageFullPath}/x.jpg")
     with pytest.raises(ConfigError, match="host must come before any placeholder"):
-        make_image_source(settings)
+        make_image_source(ImageOptions.from_settings(settings))

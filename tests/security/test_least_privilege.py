@@ -15,7 +15,7 @@ import pytest
 from helpers.faults import REPO, FaultWorld, WorkerPool, mariadb_admin, mariadb_url_for
 from sqlalchemy.engine import make_url
 
-from chimp_worker.analysis import BASELINE_SCHEMA
+from chimp_worker.analysis import BASELINE_SCHEMA, AnalysisOptions
 from chimp_worker.baseline import BaselineAnalyser
 from chimp_worker.config import Settings
 from chimp_worker.errors import ConfigError
@@ -142,7 +142,7 @@ def test_a_worker_processes_a_plate_with_only_the_readme_grants(
         world.wait_until_complete(60, worker)
         assert worker.stop() == 0
         assert not worker.events("message_failed_unexpectedly"), worker.tail()
-        world.check(BaselineAnalyser(Settings(analyser="baseline")))
+        world.check(BaselineAnalyser(AnalysisOptions.from_settings(Settings(analyser="baseline"))))
     finally:
         world.close()
 

@@ -21,7 +21,7 @@ from helpers.rabbit import RabbitProbe
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
-from chimp_worker.broker import HEADER_REASON, Publisher
+from chimp_worker.broker import HEADER_REASON, BrokerOptions, Publisher
 from chimp_worker.config import load_settings
 from chimp_worker.errors import BrokerUnavailableError
 from chimp_worker.events import InspectionCompleted
@@ -173,7 +173,10 @@ def test_a_broker_certificate_the_worker_cannot_verify_is_refused(
         amqp_tls_cert_file=tls_files.client_cert,
         amqp_tls_key_file=tls_files.client_key,
     )
-    with pytest.raises(BrokerUnavailableError) as error, Publisher(settings) as publisher:
+    with (
+        pytest.raises(BrokerUnavailableError) as error,
+        Publisher(BrokerOptions.from_settings(settings)) as publisher,
+    ):
         publisher.publish(InspectionCompleted(containerInspectionId=1))
     assert why in str(error.value) or "CERTIFICATE_VERIFY_FAILED" in str(error.value)
     assert terminator.client_subjects == [], "no AMQP byte went over an unverified connection"

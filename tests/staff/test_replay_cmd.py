@@ -12,6 +12,7 @@ from helpers.plates import plate_settings
 from helpers.replay_world import ReplayWorld, build_world
 from sqlalchemy import func, select, update
 
+from chimp_worker.analysis import AnalysisOptions
 from chimp_worker.baseline import BaselineAnalyser
 from chimp_worker.cli import main
 from chimp_worker.ispyb import tables as t
@@ -20,7 +21,9 @@ from chimp_worker.pipeline import Pipeline
 
 
 def _world(url: str, root: Path) -> ReplayWorld:
-    return build_world(url, root, BaselineAnalyser(plate_settings(url, root)))
+    return build_world(
+        url, root, BaselineAnalyser(AnalysisOptions.from_settings(plate_settings(url, root)))
+    )
 
 
 def _environment(monkeypatch: pytest.MonkeyPatch, world: ReplayWorld) -> None:

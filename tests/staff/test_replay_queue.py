@@ -9,7 +9,8 @@ from helpers.analysers import PIXEL_STATS_MODEL, PixelStatsAnalyser
 from helpers.replay_world import build_world, expected_counts, row_counts
 from helpers.workers import start_worker
 
-from chimp_worker.broker import Publisher
+from chimp_worker.analysis import AnalysisOptions
+from chimp_worker.broker import BrokerOptions, Publisher
 from chimp_worker.events import WorkItem, decode_event
 from chimp_worker.replay import (
     ReplayFilters,
@@ -44,7 +45,7 @@ def test_queue_replay_brings_every_inspection_to_done_once(
     reopened = reopen_done_inspections(world.factory, backlog)
     assert sorted(reopened) == sorted([world.a[1], world.b])
 
-    with Publisher(world.settings) as publisher:
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         summary = publish_backlog(backlog, publisher, chunk_size=2)
         # A restarted replay publishes the same work again before any daemon took it.
         publish_backlog(
@@ -60,7 +61,8 @@ def test_queue_replay_brings_every_inspection_to_done_once(
         "replay-unprocessed",
         "replay-model-changed",
     }
-    with Publisher(world.settings) as publisher:  # put them back for the daemon
+    # put them back for the daemon
+    with Publisher(BrokerOptions.from_settings(world.settings)) as publisher:
         for item in items:
             publisher.publish(item)
 
@@ -89,7 +91,7 @@ def test_replay_command_publishes_to_the_queue_and_a_daemon_finishes_it(
     from chimp_worker.cli import main
 
     root = tmp_path / "images"
-    current = BaselineAnalyser(plate_settings(ispyb_world_url, root))
+    current = BaselineAnalyser(AnalysisOptions.from_settings(plate_settings(ispyb_world_url, root)))
     world = build_world(ispyb_world_url, root, current, **queue_names)
     env = {
         "CHIMP_DATABASE_URL": ispyb_world_url,
@@ -130,7 +132,7 @@ def test_local_replay_with_announce_publishes_results_ready_once_per_inspection(
     world = build_world(
         ispyb_world_url,
         root,
-        BaselineAnalyser(plate_settings(ispyb_world_url, root)),
+        BaselineAnalyser(AnalysisOptions.from_settings(plate_settings(ispyb_world_url, root))),
         **queue_names,
     )
     world.repair_corrupt_image()
