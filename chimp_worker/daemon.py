@@ -120,7 +120,7 @@ class _WorkerPool:
         self._queue.put(delivery)
 
     def take_back(self) -> list[Delivery]:
-        taken = []
+        taken: list[Delivery] = []
         while True:
             try:
                 item = self._queue.get_nowait()

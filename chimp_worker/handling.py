@@ -439,11 +439,15 @@ class MessageHandler:
             stop=give_up,
             wait=lambda state: self.delay(state.attempt_number - 1),
             retry=tenacity.retry_if_exception_type(TransientError),
-            sleep=self._stopping.wait,
+            sleep=self._pause,
             before_sleep=before_sleep,
             reraise=True,
         )
         return retrying(unit)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep between retries, cut short when a stop is requested."""
+        self._stopping.wait(seconds)
 
     def delay(self, attempt: int) -> float:
         initial = self.options.retry_initial_wait_s

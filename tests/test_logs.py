@@ -129,10 +129,9 @@ def test_a_worker_not_on_a_terminal_logs_json_and_warns_about_the_baseline(
     warning = next(r for r in records if r["event"] == "baseline_analyser_running")
     assert (warning["level"], warning["schema"]) == ("warning", "BASELINE_CV")
     assert warning["why"] == "no model files set"
-    assert {r["logger"] for r in records} >= {
-        "chimp_worker.daemon",
-        "chimp_worker.wiring",
-    }  # the baseline warning comes from where the analyser is built
+    # Each record names its module's logger; the baseline warning comes from where the
+    # analyser is built.
+    assert {r["logger"] for r in records} >= {"chimp_worker.daemon", "chimp_worker.wiring"}
     # The command's own last word is for people unless the logs are explicitly JSON.
     assert last.startswith("chimp-worker: broker_unavailable: never reached RabbitMQ")
 

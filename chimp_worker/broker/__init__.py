@@ -26,7 +26,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pika
 import pika.exceptions
@@ -56,7 +56,7 @@ HEADER_DETAIL = "x-chimp-detail"  # the human message, truncated
 HEADER_SOURCE_QUEUE = "x-chimp-source-queue"
 HEADER_DEAD_LETTERED_AT = "x-chimp-dead-lettered-at"
 MAX_DETAIL_CHARS = 1000
-PERSISTENT = 2
+PERSISTENT: Final = pika.DeliveryMode.Persistent  # survives a broker restart
 
 # Connection-level failures: the session is gone, reconnect.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -395,7 +395,7 @@ class Publisher:
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and connection.is_open:
-            with suppress(_CONNECTION_ERRORS):
+            with suppress(*_CONNECTION_ERRORS):
                 connection.close()
 
     def _open(self) -> BlockingChannel:
@@ -460,6 +460,7 @@ class BrokerSession:
             properties: pika.BasicProperties,
             body: bytes,
         ) -> None:
+            assert method.delivery_tag is not None  # a Basic.Deliver always carries its tag
             on_delivery(
                 Delivery(
                     queue=queue,

@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import click
 
@@ -58,6 +58,14 @@ def _selection_options() -> Any:
         ),
         click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation."),
     )
+
+
+class _QueueSummary(TypedDict):
+    """One row of ``dlq list``: a dead-letter queue, its depth (None: missing), its reasons."""
+
+    queue: str
+    messages: int | None
+    reasons: dict[str, int]
 
 
 def _broker(app: AppContext) -> BrokerOptions:
@@ -116,7 +124,7 @@ def list_command(app: AppContext, queues: tuple[str, ...], fmt: str, limit: int)
     from chimp_worker.broker.dead_letters import DeadLetterQueues
 
     broker = _broker(app)
-    rows = []
+    rows: list[_QueueSummary] = []
     with DeadLetterQueues(broker) as queues_:
         for queue in _resolve(broker, queues):
             count = queues_.count(queue)
@@ -131,8 +139,8 @@ def list_command(app: AppContext, queues: tuple[str, ...], fmt: str, limit: int)
     click.echo(f"{'queue':<{width}}  {'messages':>8}  reasons")
     for row in rows:
         messages = "missing" if row["messages"] is None else str(row["messages"])
-        reasons = ", ".join(f"{reason} {n}" for reason, n in row["reasons"].items()) or "-"
-        click.echo(f"{row['queue']:<{width}}  {messages:>8}  {reasons}")
+        listed = ", ".join(f"{reason} {n}" for reason, n in row["reasons"].items()) or "-"
+        click.echo(f"{row['queue']:<{width}}  {messages:>8}  {listed}")
 
 
 @dlq.command("show")
