@@ -202,7 +202,8 @@ class MessageHandler:
                 with self.pipeline.database_errors_described():
                     if isinstance(event, InspectionCompleted):
                         return self._plan(delivery, event)
-                    return self._work(delivery, event)  # type: ignore[arg-type]
+                    assert isinstance(event, WorkItem)  # the queue check lets nothing else by
+                    return self._work(delivery, event)
             except InspectionNotVisibleError as error:
                 if self._stopping.is_set():  # retries cut short by a shutdown: not its fault
                     log.warning("message_requeued", reason=error.reason, detail=str(error))

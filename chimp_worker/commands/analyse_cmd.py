@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from chimp_worker.cli import AppContext, pass_app
 from chimp_worker.commands.options import detector_paths_option
+
+if TYPE_CHECKING:
+    from chimp_worker.models.files import FileAnalysis
 
 _PATH = click.Path(dir_okay=False, path_type=Path)
 
@@ -65,7 +68,7 @@ def analyse(
     settings = app.settings(**overrides)
 
     from chimp_worker.errors import ChimpError
-    from chimp_worker.models.files import analyse_files, analysis_as_dict
+    from chimp_worker.models.files import analyse_files
     from chimp_worker.overlay import write_overlay
     from chimp_worker.wiring import make_chimp_analyser
 
@@ -91,18 +94,24 @@ def analyse(
                 {"role": ref.role, "name": ref.name, "sha256": ref.sha256}
                 for ref in analyser.models
             ],
-            "images": [
-                {"path": str(o.path), "error": {"reason": o.error.reason, "message": str(o.error)}}
-                if o.error is not None
-                else {"path": str(o.path), **analysis_as_dict(o.analysis)}  # type: ignore[arg-type]
-                for o in outcomes
-            ],
+            "images": [_outcome_as_dict(o) for o in outcomes],
         }
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(document, indent=1) + "\n")
     failed = [o for o in outcomes if o.error is not None]
     if failed:
         raise ChimpError(f"{len(failed)} of {len(outcomes)} images could not be analysed")
+
+
+def _outcome_as_dict(outcome: FileAnalysis) -> dict[str, Any]:
+    """One file in ``--json``: its analysis, or its error's reason and message."""
+    from chimp_worker.models.files import analysis_as_dict
+
+    error = outcome.error
+    if error is not None:
+        return {"path": str(outcome.path), "error": {"reason": error.reason, "message": str(error)}}
+    assert outcome.analysis is not None  # a file is either analysed or failed
+    return {"path": str(outcome.path), **analysis_as_dict(outcome.analysis)}
 
 
 def _print_table(outcomes: list[Any]) -> None:

@@ -3,10 +3,15 @@ schema the analyser needs in ISPyB."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from chimp_worker.cli import AppContext, pass_app
 from chimp_worker.config import mask_url
+
+if TYPE_CHECKING:
+    from chimp_worker.ispyb.schema import Target
 
 TARGET_HELP = (
     "auto: detect an existing ISPyB and migrate only the worker's chimp_* tables there, "
@@ -35,7 +40,7 @@ def db() -> None:
 )
 @click.option("--sql", is_flag=True, help="Print the DDL instead of running it (for a DBA).")
 @pass_app
-def upgrade_command(app: AppContext, target: str, sql: bool) -> None:
+def upgrade_command(app: AppContext, target: Target, sql: bool) -> None:
     """Bring the database to the newest schema; running it again changes nothing.
 
     \b
@@ -50,14 +55,14 @@ def upgrade_command(app: AppContext, target: str, sql: bool) -> None:
     if sql:
         ddl = schema.upgrade_sql(
             settings.database_url,
-            target,  # type: ignore[arg-type]
+            target,
             connect_args=settings.database_connect_args,
         )
         click.echo(ddl, nl=False)
         return
     report = schema.upgrade(
         settings.database_url,
-        target,  # type: ignore[arg-type]
+        target,
         connect_args=settings.database_connect_args,
     )
     click.echo(f"database: {mask_url(settings.database_url)} ({report.kind})")
