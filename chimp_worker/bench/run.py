@@ -162,7 +162,9 @@ def _count_fused_linear_flops() -> None:
         return
 
     @register_flop_formula(target)
-    def _fused_linear_flop(x_shape, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    def _fused_linear_flop(
+        x_shape: Sequence[int], *args: object, out_shape: Sequence[int], **kwargs: object
+    ) -> int:
         return 2 * _math.prod(out_shape) * x_shape[-1]
 
 
@@ -234,7 +236,6 @@ def measure(
 
     from chimp_worker.config import Settings
     from chimp_worker.ispyb.database import make_engine, make_session_factory
-    from chimp_worker.ispyb.writer import write_image_result
     from chimp_worker.log import configure_logging
     from chimp_worker.models.analyser import (
         AnalysisOptions,
@@ -254,8 +255,11 @@ def measure(
     configure_threads(setup.threads)
     rate = matmul_gflops()
     rate_bf16 = matmul_gflops(dtype="bfloat16") if bf16_supported() else None
-    options = {"batch_size": setup.batch_size, "classifier_input_size": setup.classifier_input_size}
-    options.update(CONFIGURATIONS[configuration][1])
+    options: dict[str, Any] = {
+        "batch_size": setup.batch_size,
+        "classifier_input_size": setup.classifier_input_size,
+        **CONFIGURATIONS[configuration][1],
+    }
 
     started = time.perf_counter()
     analyser = ChimpAnalyser(
@@ -306,16 +310,18 @@ def measure(
                 with FlopCounterMode(display=False) as counter:
                     analyser.analyse_prepared([item])
                 totals.append(counter.get_total_flops())
+            classifier, classifier_input = analyser.classifier, prepared[0].classifier_input
+            assert classifier is not None  # the bench always loads the classifier
+            assert classifier_input is not None  # so every prepared image has its input
             with FlopCounterMode(display=False) as counter:
-                batch = torch.from_numpy(prepared[0].classifier_input[None])  # type: ignore[index]
-                analyser.classifier.model(batch)  # type: ignore[union-attr]
+                classifier.model(torch.from_numpy(classifier_input[None]))
         classifier_flops = counter.get_total_flops()
         flops = {
             "classifier": classifier_flops,
             "detector": statistics.fmean(totals) - classifier_flops,
         }
 
-    write_ms = _timed_writes(plate, results, make_engine, make_session_factory, write_image_result)
+    write_ms = _timed_writes(plate, results)
     by_rule = (
         {} if options.get("paste_full_masks") else _postprocess_by_rule(analyser, prepared, role)
     )
@@ -382,9 +388,11 @@ def _postprocess_by_rule(
     return {name: _median(values) for name, values in per_rule.items()}
 
 
-def _timed_writes(
-    plate: BenchPlate, results, make_engine, make_session_factory, write
-) -> list[float]:  # type: ignore[no-untyped-def]
+def _timed_writes(plate: BenchPlate, results: Sequence[ImageAnalysis]) -> list[float]:
+    """Milliseconds to write each image's results, into a throwaway copy of the plate's database."""
+    from chimp_worker.ispyb.database import make_engine, make_session_factory
+    from chimp_worker.ispyb.writer import write_image_result
+
     copy = plate.database.with_name("writes.sqlite")
     shutil.copyfile(plate.database, copy)
     engine = make_engine(f"sqlite:///{copy}")
@@ -393,7 +401,7 @@ def _timed_writes(
     try:
         for image_id, result in zip(plate.image_ids, results, strict=True):
             started = time.perf_counter()
-            write(factory, image_id, result)
+            write_image_result(factory, image_id, result)
             times.append((time.perf_counter() - started) * 1000)
     finally:
         engine.dispose()
@@ -528,7 +536,11 @@ def _image_paths(plate: BenchPlate) -> dict[int, str]:
         images = inspection_images(make_session_factory(engine), plate.inspection_id)
     finally:
         engine.dispose()
-    return {image.blSampleImageId: image.imageFullPath for image in images}
+    return {  # the bench plate records every image's path
+        image.blSampleImageId: image.imageFullPath
+        for image in images
+        if image.imageFullPath is not None
+    }
 
 
 def run_bench(

@@ -114,6 +114,7 @@ def _run_with_progress(console: Console, settings: Settings, options: DemoOption
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
@@ -130,7 +131,7 @@ def _run_with_progress(console: Console, settings: Settings, options: DemoOption
         TextColumn("{task.fields[note]}"),
     )
     with Progress(*columns, console=console) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
         failed: Counter[str] = Counter()
 
         def stage(name: str, total: int) -> None:
@@ -312,9 +313,8 @@ def _print_truth_summary(console: Console, result: DemoResult) -> None:
     console.print(
         "\n[bold]checked against the mock plate's ground truth[/bold] (latest inspection)"
     )
-    console.print(
-        f"  drop found inside the true drop   {sum(c.drop_found for c in with_drop)}/{len(done)}"
-    )
+    drop_found = sum(bool(c.drop_found) for c in with_drop)
+    console.print(f"  drop found inside the true drop   {drop_found}/{len(done)}")
     inside = sum(bool(c.dispense_in_drop) for c in with_point)
     on_crystal = sum(bool(c.dispense_on_crystal) for c in with_point)
     console.print(

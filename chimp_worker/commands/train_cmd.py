@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,14 +20,19 @@ from chimp_worker.commands.options import (
     training_run_options,
 )
 
+if TYPE_CHECKING:  # torch stays unimported until a command runs
+    from chimp_worker.evaluate.coco import IouType
+    from chimp_worker.train.classifier import Metric
+    from chimp_worker.train.loop import TrainingResult
+
 
 @click.group()
 def train() -> None:
     """Fine-tune the classifier or a detector; checkpoints load in the worker unchanged."""
 
 
-def _finish(result: object, history: Path | None) -> None:
-    data = result.as_dict()  # type: ignore[attr-defined]
+def _finish(result: TrainingResult, history: Path | None) -> None:
+    data = result.as_dict()
     click.echo(
         f"{data['metric_name']}: start {data['start_metric']:.4f}, best {data['best_metric']:.4f}"
         f" at epoch {data['best_epoch']} of {data['epochs_run']}"
@@ -114,7 +120,7 @@ def classifier(
     head_lr: float | None,
     weight_decay: float,
     patience: int,
-    metric: str,
+    metric: Metric,  # click.Choice admits only its values
     balance: bool,
     augment: bool,
     keep_optimizer_state: bool,
@@ -153,7 +159,7 @@ def classifier(
         head_lr=head_lr,
         weight_decay=weight_decay,
         patience=patience,
-        metric=metric,  # type: ignore[arg-type]
+        metric=metric,
         balanced=balance,
         augment=augment,
         seed=seed,
@@ -225,7 +231,7 @@ def detector(
     max_lr: float,
     weight_decay: float,
     patience: int,
-    metric: str,
+    metric: IouType,  # click.Choice admits only its values
     augment: bool,
     max_detections: int,
     min_size: int | None,
@@ -256,13 +262,13 @@ def detector(
     config = DetectorTrainingConfig(
         output=output,
         init=init,
-        flavour=flavour,  # type: ignore[arg-type]
+        flavour=flavour,
         epochs=epochs,
         batch_size=batch_size,
         max_lr=max_lr,
         weight_decay=weight_decay,
         patience=patience,
-        metric=metric,  # type: ignore[arg-type]
+        metric=metric,
         augment=augment,
         seed=seed,
         num_workers=workers,

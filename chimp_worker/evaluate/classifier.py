@@ -56,11 +56,11 @@ class ClassifierEvaluation:
 
     def pr_curves(self) -> dict[str, tuple[list[float], list[float]]]:
         """One-vs-rest precision-recall curve per class from the probabilities."""
-        scored = [o for o in self.outcomes if o.probabilities is not None]
+        scored = [(o.truth, o.probabilities) for o in self.outcomes if o.probabilities is not None]
         curves = {}
         for name in self.metrics.classes:
-            scores = [float(o.probabilities.get(name, 0.0)) for o in scored]  # type: ignore[union-attr]
-            positives = [o.truth == name for o in scored]
+            scores = [float(probabilities.get(name, 0.0)) for _, probabilities in scored]
+            positives = [truth == name for truth, _ in scored]
             if any(positives):
                 curves[name] = precision_recall_curve(scores, positives)
         return curves
@@ -215,13 +215,13 @@ def database_predictions(
     with translate_db_errors(), session_factory() as session:
         ids = list(by_id)
         for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
-            query = base.where(BLSampleImage.blSampleImageId.in_(chunk))
+            id_chunk = ids[start : start + _IN_CHUNK]
+            query = base.where(BLSampleImage.blSampleImageId.in_(id_chunk))
             collect(session.execute(query), lambda key: by_id.get(key[0]))
         paths = list(by_path)
         for start in range(0, len(paths), _IN_CHUNK):
-            chunk = paths[start : start + _IN_CHUNK]
-            query = base.where(BLSampleImage.imageFullPath.in_(chunk))
+            path_chunk = paths[start : start + _IN_CHUNK]
+            query = base.where(BLSampleImage.imageFullPath.in_(path_chunk))
             collect(session.execute(query), lambda key: by_path.get(key[1]))
     return found
 

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeGuard, cast
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -26,7 +26,11 @@ from pycocotools.cocoeval import COCOeval
 from chimp_worker.analysis import Detection
 from chimp_worker.errors import DatasetError
 
-IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
+if TYPE_CHECKING:  # the stubs' (private, type-check-only) names for COCO's JSON shapes
+    from pycocotools.coco import _Annotation, _Dataset
+
+IouType = Literal["bbox", "segm"]
+IOU_TYPES: tuple[IouType, ...] = ("bbox", "segm")
 # COCOeval's stats vector, in order (see COCOeval.summarize).
 STAT_NAMES: tuple[str, ...] = (
     "ap",
@@ -159,7 +163,18 @@ def _check_annotation(
         annotation.setdefault("area", float(box[2] * box[3]))
 
 
-def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+class Rle(TypedDict):
+    """A compressed COCO run-length encoding: ``counts`` are bytes from pycocotools, str in JSON."""
+
+    size: list[int]
+    counts: str | bytes
+
+
+def _is_iou_type(name: str) -> TypeGuard[IouType]:
+    return name in IOU_TYPES
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> Rle:
     """Polygons or (un)compressed RLE -> one compressed RLE (pycocotools' annToRLE logic)."""
     if isinstance(segmentation, list):
         if not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation):
@@ -170,10 +185,11 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str,
     return segmentation
 
 
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+def mask_to_rle(mask: np.ndarray) -> Rle:
     """Bool (H, W) mask -> compressed RLE with a JSON-ready string ``counts``."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
+    counts = rle["counts"]
+    rle["counts"] = counts.decode("ascii") if isinstance(counts, bytes) else counts
     return rle
 
 
@@ -283,7 +299,7 @@ def _result_api(ground_truth: COCO, results: list[dict[str, Any]], iou_type: str
             entry.pop("segmentation", None)
             width, height = result["bbox"][2:]
             entry["area"] = float(width * height)
-        api.dataset["annotations"].append(entry)
+        api.dataset["annotations"].append(cast("_Annotation", entry))
     with contextlib.redirect_stdout(io.StringIO()):
         api.createIndex()
     return api
@@ -292,7 +308,7 @@ def _result_api(ground_truth: COCO, results: list[dict[str, Any]], iou_type: str
 def _run(
     ground_truth: COCO,
     results: COCO,
-    iou_type: str,
+    iou_type: IouType,
     category_ids: list[int],
     max_detections: int,
 ) -> COCOeval:
@@ -355,7 +371,8 @@ def evaluate_detections(
             f"categories {', '.join(missing)} are not in the annotations "
             f"(they have {', '.join(known)})"
         )
-    bad_types = [t for t in iou_types if t not in IOU_TYPES]
+    checked_types = [t for t in iou_types if _is_iou_type(t)]
+    bad_types = [t for t in iou_types if not _is_iou_type(t)]
     if bad_types:
         raise DatasetError(f"IoU types must be among {IOU_TYPES}, got {bad_types}")
     image_ids = {int(image["id"]) for image in dataset.images}
@@ -363,13 +380,13 @@ def evaluate_detections(
     if stray:
         raise DatasetError(f"results name images not in the annotations: {sorted(stray)[:5]}")
     ground_truth = COCO()
-    ground_truth.dataset = copy.deepcopy(dataset.data)
+    ground_truth.dataset = cast("_Dataset", copy.deepcopy(dataset.data))  # checked by load_coco
     with contextlib.redirect_stdout(io.StringIO()):
         ground_truth.createIndex()
     scores: list[ApScores] = []
     curves: list[PrCurve] = []
     result_list = [dict(r) for r in results]
-    for iou_type in iou_types:
+    for iou_type in checked_types:
         api = _result_api(ground_truth, result_list, iou_type)
         ids = [known[name] for name in wanted]
         overall = _run(ground_truth, api, iou_type, ids, max_detections)

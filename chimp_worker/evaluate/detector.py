@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chimp_worker.errors import DatasetError, ImageError
 from chimp_worker.evaluate.classifier import read_image
@@ -119,6 +119,7 @@ def evaluate_detector(
                 f"detector predicts ({', '.join(detector_labels)})"
             )
     jobs = _jobs(coco, labels)
+    category_ids = coco.categories if coco is not None else {}  # COCO jobs only with coco
     results: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     counts: dict[str, int | None] = {}
@@ -142,7 +143,7 @@ def evaluate_detector(
                         f"{expected[0]} x {expected[1]}"
                     )
                 results.extend(
-                    detection_results(job.coco_image["id"], analysis.detections, coco.categories)  # type: ignore[union-attr]
+                    detection_results(job.coco_image["id"], analysis.detections, category_ids)
                 )
             counts[str(job.path)] = sum(
                 1
@@ -198,7 +199,8 @@ def _classification_inputs(
         else:
             if "crystal" not in (coco.categories if coco else {}):
                 return [], []
-            has_crystal = crystal_truth.get(int(job.coco_image["id"]), 0) > 0  # type: ignore[index]
+            assert job.coco_image is not None  # without labels every job is a COCO image
+            has_crystal = crystal_truth.get(int(job.coco_image["id"]), 0) > 0
             truth.append("crystals" if has_crystal else "no crystals")
         detected.append(counts.get(str(job.path)))
     return truth, detected
@@ -213,7 +215,7 @@ def make_detector_analyser(
     batch_size: int = 2,
     torch_threads: int = 0,
     max_detections: int = 100,
-    precision: str = "fp32",
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> Any:
     """A ``ChimpAnalyser`` holding one detector (VMXi or XChem, read from the file) that keeps
     every detection scoring >= 0.05, at most ``max_detections`` per image (COCO's cap), for
@@ -229,7 +231,7 @@ def make_detector_analyser(
         mask_threshold=mask_threshold,
         clahe_clip_limit=clahe_clip_limit,
         batch_size=batch_size,
-        precision=precision,  # type: ignore[arg-type]
+        precision=precision,
     )
     return ChimpAnalyser(
         detectors={detector.flavour: detector}, options=options, device=resolve_device(device)

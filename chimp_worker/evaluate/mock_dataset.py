@@ -111,9 +111,9 @@ def export_mock_dataset(
     if unknown:
         raise ValueError(f"unknown outcomes {unknown}; expected among {CLASS_NAMES}")
     drops = flavour == "xchem" if with_drops is None else with_drops
-    categories = [{"id": 1, "name": "drop"}, {"id": 2, "name": "crystal"}] if drops else []
-    categories = categories or [{"id": 1, "name": "crystal"}]
-    ids = {c["name"]: c["id"] for c in categories}
+    names = ("drop", "crystal") if drops else ("crystal",)
+    ids = {name: number for number, name in enumerate(names, start=1)}
+    categories = [{"id": number, "name": name} for name, number in ids.items()]
     root = Path(root)
     (root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []

@@ -17,8 +17,12 @@ from rich.table import Table
 from chimp_worker.evaluate.coco import ApScores, CocoEvaluation, PrCurve
 from chimp_worker.evaluate.metrics import ClassificationMetrics
 
-_SIZES = (("ap", "All"), ("ap_small", "<32 x 32"), ("ap_medium", "32 x 32-96 x 96"))
-_SIZES += (("ap_large", ">96 x 96"),)
+_SIZES = (
+    ("ap", "All"),
+    ("ap_small", "<32 x 32"),
+    ("ap_medium", "32 x 32-96 x 96"),
+    ("ap_large", ">96 x 96"),
+)
 
 
 def _number(value: float | None, places: int = 4) -> str:

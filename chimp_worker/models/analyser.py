@@ -287,7 +287,7 @@ class ChimpAnalyser:
             return probabilities
         for group in _chunks(range(len(batch)), self._step(len(batch))):
             start = time.perf_counter()
-            rows = self.classify([batch[i].classifier_input for i in group])  # type: ignore[misc]
+            rows = self.classify([batch[i].classifier_input for i in group])  # type: ignore[misc]  # set whenever a classifier is loaded
             share = _elapsed_ms(start) / len(group)
             for i, row in zip(group, rows, strict=True):
                 probabilities[i] = self.classifier.as_mapping(row)
@@ -301,10 +301,7 @@ class ChimpAnalyser:
         for role, detector in self.detectors.items():
             for group in _chunks(range(len(batch)), self._step(len(batch))):
                 start = time.perf_counter()
-                inputs = [
-                    torch.from_numpy(batch[i].detector_input).to(self.device)  # type: ignore[arg-type]
-                    for i in group
-                ]
+                inputs = [torch.from_numpy(batch[i].detector_input).to(self.device) for i in group]
                 with self._autocast():
                     outputs = detector(inputs, paste_masks=self.options.paste_full_masks)
                 share = _elapsed_ms(start) / len(group)

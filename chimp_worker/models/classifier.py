@@ -58,8 +58,10 @@ def build_classifier(num_classes: int, model_type: str = DEFAULT_CLASSIFIER_TYPE
         model = timm.create_model(
             model_type, pretrained=False, num_classes=num_classes, global_pool="avgmax"
         )
-    features = int(model.num_features)
-    model.head.fc = nn.Sequential(
+    features = model.num_features  # every timm model sets it, as an int nn.Module cannot type
+    if not isinstance(features, int):
+        raise TypeError(f"timm model {model_type!r} has no integer num_features")
+    model.get_submodule("head").fc = nn.Sequential(
         nn.BatchNorm1d(features),
         nn.Linear(features, HEAD_HIDDEN, bias=False),
         nn.ReLU(),

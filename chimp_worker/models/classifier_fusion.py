@@ -22,6 +22,7 @@ a check at fusing time, blocks stay as they are.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeGuard
 
 import torch
 from timm.layers import Mlp
@@ -42,7 +43,7 @@ def fused_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _fusable(block: nn.Module) -> bool:
+def _fusable(block: nn.Module) -> TypeGuard[ConvNeXtBlock]:
     """A timm ConvNeXt block whose MLP is Linear -> exact GELU -> Linear, nothing else live."""
     if not isinstance(block, ConvNeXtBlock) or block.use_conv_mlp:
         return False
@@ -61,6 +62,21 @@ def _fusable(block: nn.Module) -> bool:
     return exact_gelu and isinstance(block.shortcut, nn.Identity)
 
 
+def _mlp_layers(block: ConvNeXtBlock) -> tuple[nn.Linear, nn.Linear]:
+    """The MLP's fc1 and fc2 of a block ``_fusable`` accepted (timm types them Conv2d | Linear)."""
+    fc1, fc2 = block.mlp.fc1, block.mlp.fc2
+    if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
+        raise TypeError("only a ConvNeXt block whose MLP is Linear layers can be fused")
+    return fc1, fc2
+
+
+def _bias(layer: nn.Linear) -> torch.Tensor:
+    """The bias of a layer ``_fusable`` accepted (it checked there is one)."""
+    if layer.bias is None:
+        raise TypeError("only a ConvNeXt block whose MLP layers have biases can be fused")
+    return layer.bias
+
+
 class FusedConvNeXtBlock(nn.Module):
     """A ConvNeXt block computed as depthwise conv -> LayerNorm -> fused fc1+GELU ->
     fused fc2+residual (layer scale folded in). Inference only: dropout and drop-path are the
@@ -70,15 +86,15 @@ class FusedConvNeXtBlock(nn.Module):
         super().__init__()
         self.conv_dw = block.conv_dw
         self.norm = block.norm
-        mlp = block.mlp
-        fc2_weight = mlp.fc2.weight.detach()
-        fc2_bias = mlp.fc2.bias.detach()
+        fc1, fc2 = _mlp_layers(block)
+        fc2_weight = fc2.weight.detach()
+        fc2_bias = _bias(fc2).detach()
         if block.gamma is not None:
             gamma = block.gamma.detach()
             fc2_weight = fc2_weight * gamma[:, None]
             fc2_bias = fc2_bias * gamma
-        self.register_buffer("fc1_weight", mlp.fc1.weight.detach().clone().contiguous())
-        self.register_buffer("fc1_bias", mlp.fc1.bias.detach().clone())
+        self.register_buffer("fc1_weight", fc1.weight.detach().clone().contiguous())
+        self.register_buffer("fc1_bias", _bias(fc1).detach().clone())
         self.register_buffer("fc2_weight", fc2_weight.clone().contiguous())
         self.register_buffer("fc2_bias", fc2_bias.clone())
 
@@ -120,7 +136,7 @@ def fuse_convnext_blocks(
     if not parents:
         return 0
     first = parents[0][2]
-    channels = int(first.mlp.fc1.in_features)
+    channels = _mlp_layers(first)[0].in_features
     try:
         agrees = check(first, FusedConvNeXtBlock(first), channels)
     except RuntimeError as error:  # the primitive refused these tensors

@@ -297,7 +297,7 @@ def detections_from_output(
     ``original`` from the resized one (``geometry.mask_centroid``).
     """
     scores = output["scores"].detach().float().cpu()
-    keep = torch.nonzero(scores >= np.float32(score_threshold)).flatten()
+    keep = torch.nonzero(scores >= torch.tensor(score_threshold, dtype=torch.float32)).flatten()
     if keep.numel() == 0:
         return []
     model_boxes = output["boxes"].detach().float().cpu()[keep]

@@ -54,8 +54,8 @@ def analyse_files(
                 outcomes.append(FileAnalysis(Path(path), image=_read(Path(path), max_pixels)))
             except ImageError as exc:
                 outcomes.append(FileAnalysis(Path(path), error=exc))
-        decoded = [outcome for outcome in outcomes if outcome.image is not None]
-        analyses = iter(analyser.analyse([outcome.image for outcome in decoded]))  # type: ignore[misc]
+        decoded = [outcome.image for outcome in outcomes if outcome.image is not None]
+        analyses = iter(analyser.analyse(decoded))
         for outcome in outcomes:
             if outcome.image is None:
                 yield outcome
@@ -68,7 +68,9 @@ def _mask_rle(mask: np.ndarray) -> dict[str, Any]:
     from pycocotools import mask as mask_utils
 
     encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+    counts = encoded["counts"]  # bytes from encode; the stubs allow str (as in decoded JSON)
+    text = counts.decode("ascii") if isinstance(counts, bytes) else counts
+    return {"size": [int(v) for v in encoded["size"]], "counts": text}
 
 
 def analysis_as_dict(analysis: ImageAnalysis, *, include_masks: bool = True) -> dict[str, Any]:

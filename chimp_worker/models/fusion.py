@@ -23,7 +23,7 @@ __all__ = ["fold_frozen_batchnorm"]
 def _fold(conv: nn.Module, norm: nn.Module) -> nn.Conv2d:
     if not isinstance(conv, nn.Conv2d) or not isinstance(norm, FrozenBatchNorm2d):
         raise TypeError(f"expected Conv2d then FrozenBatchNorm2d, got {conv!r} then {norm!r}")
-    return fuse_conv_bn_eval(conv, norm)  # type: ignore[arg-type]
+    return fuse_conv_bn_eval(conv, norm)
 
 
 def fold_frozen_batchnorm(model: MaskRCNN) -> MaskRCNN:

@@ -97,7 +97,7 @@ def describe_model_file(
     detector = detector_from_contents(contents, path, None, role_name, kind=expected)
     wrapped = isinstance(contents, Mapping) and "model_state_dict" in contents
     layout = "state_dict under model_state_dict" if wrapped else "raw state_dict"
-    if _prefixed(contents["model_state_dict"] if wrapped else contents):  # type: ignore[index]
+    if _prefixed(contents["model_state_dict"] if wrapped else contents):
         layout += "; DataParallel 'module.' prefixes stripped"
     return ModelFileInfo(
         path=path,

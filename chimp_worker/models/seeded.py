@@ -55,7 +55,7 @@ def make_classifier_file(
     torch.manual_seed(seed)
     model = build_classifier(len(class_names), model_type)
     _randomise_batch_norm_statistics(model, seed)
-    optimizer = torch.optim.AdamW(model.head.fc.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.get_submodule("head.fc").parameters(), lr=1e-4)
     return save_classifier_checkpoint(
         model,
         class_names,
@@ -72,6 +72,9 @@ def _randomise_batch_norm_statistics(model: torch.nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed + 1)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm1d):
+            # typed optional (None without track_running_stats); the head's batch norms track them
+            assert module.running_mean is not None
+            assert module.running_var is not None
             size = module.num_features
             module.running_mean.copy_(torch.randn(size, generator=generator) * 0.1)
             module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
@@ -103,7 +106,7 @@ def _box_head_features(model: torch.nn.Module, flavour: str, seed: int) -> torch
 
     pixels, _ = render_micrograph(flavour, seed, size=(320, 256))
     captured: list[torch.Tensor] = []
-    hook = model.roi_heads.box_predictor.register_forward_hook(
+    hook = model.get_submodule("roi_heads.box_predictor").register_forward_hook(
         lambda _module, inputs, _output: captured.append(inputs[0].detach().clone())
     )
     try:
@@ -124,19 +127,22 @@ def _make_confident(model: torch.nn.Module, flavour: str, seed: int, labels: Seq
     Each class's bias puts its own target share of the calibration proposals above 0.6; the
     background logit is zero.
     """
+    # Layers are reached through ``get_parameter`` (typed, and it fails loudly on a wrong
+    # path) rather than attribute chains, which nn.Module types as ``Tensor | Module``.
     with torch.no_grad():  # random RPN deltas also make slivers; proposals become anchors
-        model.rpn.head.bbox_pred.weight.zero_()
-        model.rpn.head.bbox_pred.bias.zero_()
+        model.get_parameter("rpn.head.bbox_pred.weight").zero_()
+        model.get_parameter("rpn.head.bbox_pred.bias").zero_()
     features = _box_head_features(model, flavour, seed).double()
-    predictor = model.roi_heads.box_predictor.cls_score
-    direction = predictor.weight.detach().double()[1]
+    class_weight = model.get_parameter("roi_heads.box_predictor.cls_score.weight")
+    class_bias = model.get_parameter("roi_heads.box_predictor.cls_score.bias")
+    direction = class_weight.detach().double()[1]
     mean_direction = features.mean(dim=0)
     mean_direction = mean_direction / mean_direction.norm().clamp_min(1e-12)
     direction = direction - (direction @ mean_direction) * mean_direction
     projection = features @ direction
     scale = _LOGIT_SPREAD / float(projection.std().clamp_min(1e-6))
-    num_classes = predictor.weight.shape[0]
-    weight = torch.zeros_like(predictor.weight, dtype=torch.float64)
+    num_classes = class_weight.shape[0]
+    weight = torch.zeros_like(class_weight, dtype=torch.float64)
     bias = torch.zeros(num_classes, dtype=torch.float64)
     # (sign, share) per foreground label, signs alternating: VMXi crystals; XChem drops
     # (fewer: one drop per well) and crystals.
@@ -151,9 +157,9 @@ def _make_confident(model: torch.nn.Module, flavour: str, seed: int, labels: Seq
         # of proposals a margin above logit(0.6).
         bias[index] = _CONFIDENT_LOGIT - float(torch.quantile(values, 1.0 - share))
     with torch.no_grad():
-        predictor.weight.copy_(weight.float())
-        predictor.bias.copy_(bias.float())
-        model.roi_heads.mask_predictor.mask_fcn_logits.bias.add_(_MASK_LOGIT_BIAS)
+        class_weight.copy_(weight.float())
+        class_bias.copy_(bias.float())
+        model.get_parameter("roi_heads.mask_predictor.mask_fcn_logits.bias").add_(_MASK_LOGIT_BIAS)
         # Random box deltas stretch boxes into slivers; without them boxes are the proposals.
-        model.roi_heads.box_predictor.bbox_pred.weight.zero_()
-        model.roi_heads.box_predictor.bbox_pred.bias.zero_()
+        model.get_parameter("roi_heads.box_predictor.bbox_pred.weight").zero_()
+        model.get_parameter("roi_heads.box_predictor.bbox_pred.bias").zero_()

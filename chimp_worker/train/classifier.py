@@ -88,7 +88,9 @@ def _validate(
     device: torch.device,
 ) -> tuple[float, ClassificationMetrics]:
     model.eval()
-    losses, truth, predicted = [], [], []
+    losses: list[float] = []
+    truth: list[str] = []
+    predicted: list[str] = []
     with torch.inference_mode():
         for inputs, targets in loader:
             logits = model(inputs.to(device)).float().cpu()
@@ -107,7 +109,7 @@ def _set_trainable(model: nn.Module, head_only: bool) -> list[nn.Parameter]:
     for parameter in model.parameters():
         parameter.requires_grad = not head_only
     if head_only:
-        for parameter in model.head.fc.parameters():
+        for parameter in model.get_submodule("head.fc").parameters():
             parameter.requires_grad = True
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -135,11 +137,17 @@ def train_classifier(
     model.to(device)
 
     augment = ClassifierAugment() if config.augment else None
-    common = {"seed": config.seed, "max_pixels": config.max_pixels}
     train_set = ClassifierImages(
-        train_rows, class_names, config.input_size, augment=augment, **common
+        train_rows,
+        class_names,
+        config.input_size,
+        augment=augment,
+        seed=config.seed,
+        max_pixels=config.max_pixels,
     )
-    val_set = ClassifierImages(val_rows, class_names, config.input_size, **common)
+    val_set = ClassifierImages(
+        val_rows, class_names, config.input_size, seed=config.seed, max_pixels=config.max_pixels
+    )
     missing = [name for n, name in enumerate(class_names) if n not in set(train_set.labels)]
     if missing:
         log.warning("train.classes_without_examples", classes=missing)
@@ -204,7 +212,7 @@ def train_classifier(
                 train_loss=train_loss,
                 val_loss=val_loss,
                 metric=_score(metrics, config.metric),
-                learning_rate=schedule.get_last_lr()[0],
+                learning_rate=float(schedule.get_last_lr()[0]),  # typed float | Tensor
                 started=epoch_started,
                 on_improved=partial(save, val_loss, optimiser),
             ):

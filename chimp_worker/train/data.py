@@ -62,7 +62,7 @@ def class_balanced_sampler(
 ) -> WeightedRandomSampler:
     """Draw classes in inverse proportion to their frequency (the paper's oversampling)."""
     counts = Counter(labels)
-    weights = torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
+    weights = [1.0 / counts[label] for label in labels]  # the sampler makes a double tensor
     generator = torch.Generator().manual_seed(seed)
     return WeightedRandomSampler(
         weights, num_samples or len(labels), replacement=True, generator=generator

@@ -12,14 +12,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.models.detection import MaskRCNN
 
 from chimp_worker.detector_kinds import DETECTOR_KINDS, DetectorKind, detector_kind
 from chimp_worker.errors import DatasetError
-from chimp_worker.evaluate.coco import CocoDataset
+from chimp_worker.evaluate.coco import CocoDataset, IouType
 from chimp_worker.evaluate.detector import MAP_SCORE_THRESHOLD, evaluate_detector
 from chimp_worker.log import get_logger
 from chimp_worker.models import (
@@ -59,7 +60,7 @@ class DetectorTrainingConfig:
     max_lr: float = 2e-4  # a one-cycle peak of 2e-4 averages about the paper's 1e-4
     weight_decay: float = 0.01
     patience: int = 5
-    metric: Literal["bbox", "segm"] = "bbox"  # AP at IoU 0.5:0.95, mean over categories
+    metric: IouType = "bbox"  # AP at IoU 0.5:0.95, mean over categories
     augment: bool = True
     seed: int = 0
     device: str = "auto"
@@ -79,7 +80,7 @@ def _collate(batch: list[Any]) -> tuple[list[Any], list[Any]]:
     return list(images), list(targets)
 
 
-def _build(config: DetectorTrainingConfig) -> tuple[torch.nn.Module, DetectorKind]:
+def _build(config: DetectorTrainingConfig) -> tuple[MaskRCNN, DetectorKind]:
     if config.init is not None:
         loaded = load_detector(config.init)
         if config.flavour and detector_kind(config.flavour).num_classes != loaded.num_classes:
@@ -168,7 +169,8 @@ def train_detector(
             max_pixels=config.max_pixels,
             batch_size=1,
         )
-        scores = result.coco.score(config.metric)  # type: ignore[union-attr]
+        assert result.coco is not None  # scored on the COCO set ``val``
+        scores = result.coco.score(config.metric)
         return float(scores.ap or 0.0), result.as_dict()
 
     def save() -> None:
@@ -177,7 +179,7 @@ def train_detector(
     def loss_of(batch: tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]) -> torch.Tensor:
         images = [image.to(device) for image in batch[0]]
         targets = [{k: v.to(device) for k, v in t.items()} for t in batch[1]]
-        return sum(model(images, targets).values())  # type: ignore[return-value]
+        return sum(model(images, targets).values())
 
     started = time.perf_counter()
     start_metric, best_scores = validate()
@@ -203,7 +205,7 @@ def train_detector(
             train_loss=train_loss,
             val_loss=None,
             metric=metric,
-            learning_rate=schedule.get_last_lr()[0],
+            learning_rate=float(schedule.get_last_lr()[0]),  # typed float | Tensor
             started=epoch_started,
             on_improved=save,
         ):
