@@ -27,7 +27,14 @@ from typing import Any
 from chimp_worker.analysis import DecodedImage, ImageAnalysis
 from chimp_worker.detector_kinds import detector_kind
 
-__all__ = ["CONFIGURATIONS", "BenchPlate", "BenchSetup", "prepare_bench", "run_bench"]
+__all__ = [
+    "CONFIGURATIONS",
+    "BenchPlate",
+    "BenchSetup",
+    "peak_rss_bytes",
+    "prepare_bench",
+    "run_bench",
+]
 
 # name -> (what it is, AnalysisOptions overrides)
 CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -184,6 +191,23 @@ def matmul_gflops(size: int = 2048, repeats: int = 5, dtype: str = "float32") ->
     return 2 * size**3 / best / 1e9
 
 
+def peak_rss_bytes() -> int:
+    """This process's own peak resident set size.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries it across ``exec``, so a spawned child
+    reports at least the RSS its parent had when it forked (the bench's parent holds the
+    freshly written seeded weights and rendered plates). ``VmHWM`` belongs to the current
+    address space alone.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 @dataclass
 class _Recorder:
     """An Analyser that keeps the stage timings of what the wrapped one returned (not the
@@ -291,7 +315,7 @@ def measure(
     pipeline_s = time.perf_counter() - started
     pipeline.close()
     copy.unlink(missing_ok=True)
-    worker_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    worker_rss = peak_rss_bytes()
 
     # The models on their own, on inputs decoded and prepared beforehand.
     decoded = [source.fetch(paths[image_id], image_id) for image_id in plate.image_ids]
