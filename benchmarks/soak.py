@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +54,7 @@ from helpers.faults import (  # noqa: E402
     WorkerProcess,
     mariadb_admin,
     mariadb_url_for,
+    replace_with_special_file,
 )
 from helpers.plates import small_plate  # noqa: E402
 from helpers.rabbit import RabbitProbe  # noqa: E402
@@ -219,28 +218,12 @@ def prepare(args: argparse.Namespace, scratch: Path) -> Soak:
             continue
         kind = list(SPECIAL_FILES)[(number // 4) % len(SPECIAL_FILES)]
         image = plate.latest.images[number % len(plate.latest.images)]
-        make_special_file(Path(image.imageFullPath), kind)
+        replace_with_special_file(Path(image.imageFullPath), kind)
         soak.special[image.blSampleImageId] = SPECIAL_FILES[kind]
     probe = RabbitProbe(soak.settings().amqp_url)
     probe.declare(soak.settings())
     probe.close()
     return soak
-
-
-def make_special_file(path: Path, kind: str) -> None:
-    """Replace an image file by something that is not a regular file."""
-    path.unlink()
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "symlink_loop":
-        partner = path.with_name(path.name + ".partner")
-        path.symlink_to(partner)
-        partner.symlink_to(path)
-    elif kind == "self_loop":
-        path.symlink_to(path)
-    else:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind(str(path))
 
 
 def inject(soak: Soak, rng: random.Random, bag: list[str], publisher: Publisher) -> None:

@@ -5,15 +5,19 @@ bad events are dead-lettered at once with theirs; duplicates change nothing."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.faults import FaultWorld, WorkerPool, mariadb_url_for, wait_until
+from helpers.faults import (
+    FaultWorld,
+    WorkerPool,
+    mariadb_url_for,
+    replace_with_special_file,
+    wait_until,
+)
 from helpers.ispyb_rows import snapshot
 
 from chimp_worker.analysis import Analyser
@@ -99,24 +103,6 @@ def test_damaged_image_files_are_recorded_failed_with_their_reason_and_the_plate
     assert (report.images, report.done, len(report.failed)) == (10, 3, 7)
     logged = {r["blsample_image_id"]: r["reason"] for r in worker.events("image_failed")}
     assert logged == expected, "one clear log line per bad image, with its reason"
-
-
-def replace_with_special_file(path: Path, kind: str) -> None:
-    """Put something that is not a regular image file at ``path``."""
-    path.unlink()
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "symlink_loop":
-        partner = path.with_name(path.name + ".partner")
-        path.symlink_to(partner)
-        partner.symlink_to(path)
-    elif kind == "self_loop":
-        path.symlink_to(path)
-    elif kind == "socket":
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind(str(path))
-    elif kind == "directory":
-        path.mkdir()
 
 
 # drop location -> what is at its path, and the recorded reason

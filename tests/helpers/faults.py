@@ -673,3 +673,23 @@ def check_plate(
         dispensing_positions=len(dispensing),
         detections=len(detections),
     )
+
+
+def replace_with_special_file(path: Path, kind: str) -> None:
+    """Put something that is not a regular image file at ``path``."""
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink_loop":
+        partner = path.with_name(path.name + ".partner")
+        path.symlink_to(partner)
+        partner.symlink_to(path)
+    elif kind == "self_loop":
+        path.symlink_to(path)
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        raise ValueError(f"no special file of kind {kind!r}")
