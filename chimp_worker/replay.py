@@ -29,6 +29,7 @@ from sqlalchemy import RowMapping, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from chimp_worker.checksums import file_sha256
+from chimp_worker.detector_kinds import configured_model_files
 from chimp_worker.errors import ConfigError
 from chimp_worker.ispyb import tables as t
 from chimp_worker.ispyb.database import translate_db_errors
@@ -201,8 +202,6 @@ def current_model_checksums(settings: Settings) -> frozenset[str]:
     the function the models hash with); the baseline names its own version.
     """
     if settings.effective_analyser == "chimp":
-        from chimp_worker.detector_kinds import configured_model_files
-
         return frozenset(_model_file_sha256(f.path) for f in configured_model_files(settings))
     from chimp_worker.analysis import AnalysisOptions
     from chimp_worker.baseline import BaselineAnalyser
